@@ -1,0 +1,1 @@
+"""fedlora control plane (FastAPI). Nothing under api/ imports torch."""

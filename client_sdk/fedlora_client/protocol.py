@@ -1,0 +1,343 @@
+"""The wire contract between the fedlora server and its clients.
+
+This module is the single definition of what crosses the network: the training plan a client
+receives with each task, the manifest it sends with its update, the adapter tensor naming, and
+the client-facing routes. The server (``api/`` and ``worker/``) imports it from here; nothing
+here imports torch, FastAPI, SQLAlchemy or Celery, so both sides can depend on it.
+
+Conventions (see ``METHODS.md`` section 1):
+
+* One adapted layer has frozen ``W0`` of shape ``(d_out, d_in)``. LoRA factors are
+  ``B`` of shape ``(d_out, r)`` and ``A`` of shape ``(r, d_in)``; the effective update is
+  ``s * B @ A`` with ``s = lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` with rsLoRA).
+* Every adapter that crosses the wire is a PEFT adapter: safetensors with PEFT's saved key
+  names (``base_model.model.<module>.lora_A.weight``) plus, for sequence classification, the
+  ``modules_to_save`` tensors (the classifier head) under PEFT's saved names.
+* A plan's :class:`LoraSpec` gives the exact ``r`` and ``lora_alpha`` the client builds its
+  ``LoraConfig`` with. The server chooses ``lora_alpha`` so that PEFT's scaling equals the scale
+  the method needs (for example FSLoRA's ``s * r / k_i``); the client never re-derives it.
+* The client uploads its *final* factors (after local training and differential privacy) at the
+  plan's rank and scale. The server converts them to effective updates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PROTOCOL_VERSION = 1
+
+STRATEGY_NAMES: tuple[str, ...] = (
+    "fedavg",
+    "hetlora",
+    "flora",
+    "flexlora",
+    "fslora",
+    "sdflora",
+    "prelort",
+)
+
+ALLOWED_DTYPES: frozenset[str] = frozenset({"F32", "F16", "BF16"})
+"""safetensors dtype codes accepted in uploads."""
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+UPLOAD_OFFSET_HEADER = "Upload-Offset"
+CONTENT_SHA256_HEADER = "X-Content-SHA256"
+API_PREFIX = "/api/v1"
+
+
+class Routes:
+    """Client-facing routes, relative to the server URL. ``{}`` fields are path parameters."""
+
+    ENROLL = f"{API_PREFIX}/enroll"
+    """POST :class:`EnrollRequest` -> :class:`EnrollResponse` (no auth; the join token is it)."""
+    ME = f"{API_PREFIX}/client/me"
+    """GET the calling client; PATCH :class:`HardwareProfile` to report hardware."""
+    NEXT_TASK = f"{API_PREFIX}/client/tasks/next"
+    """GET ``?wait=<seconds>`` -> 200 :class:`TaskAssignment` or 204 after the wait."""
+    TASK = f"{API_PREFIX}/client/tasks/{{task_id}}"
+    """GET the assignment again (same lease)."""
+    START_ADAPTER = f"{API_PREFIX}/client/tasks/{{task_id}}/start-adapter"
+    """GET the safetensors the client starts training from (streamed; hash in a header)."""
+    MERGE_ADAPTER = f"{API_PREFIX}/client/tasks/{{task_id}}/merge-adapter"
+    """GET the adapter to merge into the base weights before training (FLoRA only)."""
+    UPLOADS = f"{API_PREFIX}/client/tasks/{{task_id}}/uploads"
+    """POST :class:`UploadManifest` with an ``Idempotency-Key`` -> :class:`UploadSession`."""
+    UPLOAD = f"{API_PREFIX}/client/uploads/{{upload_id}}"
+    """HEAD -> ``Upload-Offset``; PATCH a chunk at ``Upload-Offset`` -> :class:`UploadSession`."""
+    REPORT = f"{API_PREFIX}/client/tasks/{{task_id}}/report"
+    """POST :class:`TaskReport` (evaluation metrics after upload; optional)."""
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class TaskType(StrEnum):
+    CAUSAL_LM = "causal_lm"
+    SEQ_CLS = "seq_cls"
+
+
+class DPMode(StrEnum):
+    """Unit of privacy. ``none`` exists for benchmarks and trusted setups; it promises nothing."""
+
+    SAMPLE = "sample"
+    CLIENT = "client"
+    NONE = "none"
+
+
+# --------------------------------------------------------------------------- tensor names
+
+_MODULE_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+PEFT_PREFIX = "base_model.model."
+
+
+def lora_a_key(module: str) -> str:
+    """PEFT's saved key of the A factor (shape ``(r, d_in)``) of ``module``."""
+    return f"{PEFT_PREFIX}{module}.lora_A.weight"
+
+
+def lora_b_key(module: str) -> str:
+    """PEFT's saved key of the B factor (shape ``(d_out, r)``) of ``module``."""
+    return f"{PEFT_PREFIX}{module}.lora_B.weight"
+
+
+def is_safe_tensor_name(name: str) -> bool:
+    """True for dotted identifiers only: no path separators, '..', spaces or control bytes."""
+    return len(name) <= 512 and _MODULE_RE.fullmatch(name) is not None
+
+
+# --------------------------------------------------------------------------- model spec
+
+
+class ModelSpec(BaseModel):
+    """What every client's base model must be, and the adapter layout it implies.
+
+    ``fedlora-client inspect`` prints this for a local model; the admin pastes it into the
+    federation. The server validates uploads against it and builds initial adapters from it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: str = Field(
+        description="sha256 hex of the model's config and weights, as computed by the SDK.",
+        pattern=r"^[0-9a-f]{64}$",
+    )
+    modules: dict[str, tuple[int, int]] = Field(
+        description="Adapted module path -> (d_out, d_in), e.g. 'bert.encoder.layer.0."
+        "attention.self.query': (384, 384).",
+        min_length=1,
+    )
+    extra_trainable: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Non-LoRA trainable tensors (PEFT modules_to_save, e.g. a classification "
+        "head) by PEFT saved key -> shape. Every strategy averages them with data weights.",
+    )
+
+    @field_validator("modules", "extra_trainable")
+    @classmethod
+    def _names_are_safe(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            if not is_safe_tensor_name(name):
+                raise ValueError(f"invalid module or tensor name {name!r}: use dotted identifiers")
+        return value
+
+
+# --------------------------------------------------------------------------- plan parts
+
+
+class LoraSpec(BaseModel):
+    """The LoRA a client builds: ``LoraConfig(r=rank, lora_alpha=lora_alpha, use_rslora=...)``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(ge=1, le=4096, description="LoRA rank r.")
+    lora_alpha: float = Field(gt=0, description="PEFT lora_alpha; scaling = alpha / r.")
+    use_rslora: bool = Field(default=False, description="rsLoRA: scaling = alpha / sqrt(r).")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+
+class ArtifactRef(BaseModel):
+    """A server-side adapter file the client downloads and checks by hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    lora: LoraSpec = Field(description="The rank and scaling the file's factors are stored at.")
+
+
+class LocalTraining(BaseModel):
+    """Local optimisation settings, identical for every client of a federation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(default=20, ge=1, le=100_000, description="Optimizer steps per round.")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="Examples per step.")
+    learning_rate: float = Field(default=5e-4, gt=0, le=10, description="Client learning rate.")
+    optimizer: Literal["sgd", "adamw"] = Field(default="adamw", description="Client optimizer.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    max_seq_len: int = Field(default=128, ge=8, le=32_768, description="Token truncation.")
+
+
+class DPSettings(BaseModel):
+    """A federation's differential-privacy settings (validated at creation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: DPMode = Field(default=DPMode.SAMPLE, description="Unit of privacy.")
+    clip_norm: float = Field(default=1.0, gt=0, description="Clipping norm C.")
+    noise_multiplier: float | None = Field(
+        default=None, ge=0, description="sigma; leave empty to calibrate from target_epsilon."
+    )
+    target_epsilon: float | None = Field(
+        default=None, gt=0, description="Epsilon to reach over the whole run (calibrates sigma)."
+    )
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="The delta of (epsilon, delta)-DP.")
+    epsilon_budget: float = Field(
+        default=10.0, gt=0, description="Per-client cap; clients past it are not selected."
+    )
+
+    @model_validator(mode="after")
+    def _noise_is_defined(self) -> DPSettings:
+        if self.mode is not DPMode.NONE and (self.noise_multiplier is None) == (
+            self.target_epsilon is None
+        ):
+            raise ValueError("set exactly one of noise_multiplier and target_epsilon")
+        return self
+
+
+class DPPlan(DPSettings):
+    """DP parameters of one task: the federation's settings plus what calibration needs."""
+
+    planned_rounds: int = Field(ge=1, description="Rounds the client may take part in.")
+
+
+class SketchPlan(BaseModel):
+    """FSLoRA: this round's index set per module into the global rank-r factors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    global_rank: int = Field(ge=1)
+    indices: dict[str, list[int]] = Field(description="Module -> sorted k_i indices in [0, r).")
+
+
+class PrivateModule(BaseModel):
+    """SDFLoRA: a private LoRA kept on the client's disk across rounds, never uploaded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora: LoraSpec
+
+
+class TrainingPlan(BaseModel):
+    """What one selected client trains in one round. Produced by a strategy's planning hook."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol_version: int = PROTOCOL_VERSION
+    strategy: str = Field(description="Registered strategy name.")
+    task_type: TaskType
+    base_model_id: str
+    model: ModelSpec
+    lora: LoraSpec = Field(description="The LoRA the client trains and uploads.")
+    start: ArtifactRef = Field(description="Factors (and head) the trained LoRA starts from.")
+    merge: ArtifactRef | None = Field(
+        default=None,
+        description="FLoRA: merge this adapter into the base weights before training; the "
+        "trained LoRA then starts fresh from `start`.",
+    )
+    private: PrivateModule | None = Field(default=None, description="SDFLoRA private module.")
+    nested_truncations: list[int] = Field(
+        default_factory=list,
+        description="PreLort: truncation levels b sampled uniformly per step (includes rank).",
+    )
+    sketch: SketchPlan | None = Field(default=None, description="FSLoRA index sets.")
+    training: LocalTraining
+    dp: DPPlan
+    seed: int = Field(ge=0, description="Seed for local sampling and noise.")
+
+    def upload_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Exactly the tensors (PEFT saved key -> shape) an upload for this plan must hold."""
+        r = self.lora.rank
+        shapes: dict[str, tuple[int, ...]] = {}
+        for module, (d_out, d_in) in self.model.modules.items():
+            shapes[lora_a_key(module)] = (r, d_in)
+            shapes[lora_b_key(module)] = (d_out, r)
+        for key, shape in self.model.extra_trainable.items():
+            shapes[key] = tuple(shape)
+        return shapes
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class HardwareProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accelerator: str = Field(default="cpu", max_length=128, description="e.g. 'cpu', 'NVIDIA A10'.")
+    memory_gb: float = Field(default=0, ge=0, le=1e6, description="Accelerator (or host) memory.")
+
+
+class EnrollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    join_token: str = Field(min_length=16, max_length=256)
+    name: str = Field(min_length=1, max_length=128, description="A name for this client.")
+    hardware: HardwareProfile = Field(default_factory=HardwareProfile)
+
+
+class EnrollResponse(BaseModel):
+    client_id: str
+    organization_id: str
+    api_key: str = Field(description="Shown once; send as 'Authorization: Bearer <key>'.")
+
+
+class TaskAssignment(BaseModel):
+    task_id: str
+    federation_id: str
+    round_number: int
+    lease_expires_at: str = Field(description="ISO-8601; upload before it or lose the task.")
+    deadline_at: str | None = None
+    plan: TrainingPlan
+
+
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class UploadManifest(BaseModel):
+    """Sent with every update. The server checks each field against the task and the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str
+    base_model_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    lora: LoraSpec
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the safetensors body.")
+    size: int = Field(gt=0, description="Bytes of the safetensors body.")
+    num_examples: int = Field(ge=1, description="Local dataset size (aggregation weight).")
+    metrics: dict[str, float] = Field(default_factory=dict, description="e.g. train_loss.")
+    epsilon_spent: NonNegFloat = Field(
+        default=0.0, description="Epsilon this task adds for the client, from the accountant."
+    )
+
+
+class UploadSession(BaseModel):
+    upload_id: str
+    offset: int = Field(description="Bytes received so far; resume from here.")
+    size: int
+    status: Literal["receiving", "accepted"]
+    update_id: str | None = None
+
+
+class TaskReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: dict[str, float] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""fedlora aggregation engine: Celery tasks and the heterogeneous-rank strategies (torch)."""

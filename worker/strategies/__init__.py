@@ -1,0 +1,1 @@
+"""Aggregation strategies, one module per method, behind the protocol in ``base.py``."""
