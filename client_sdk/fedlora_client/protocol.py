@@ -57,6 +57,10 @@ class Routes:
     """POST :class:`EnrollRequest` -> :class:`EnrollResponse` (no auth; the join token is it)."""
     ME = f"{API_PREFIX}/client/me"
     """GET the calling client; PATCH :class:`HardwareProfile` to report hardware."""
+    MEMBERSHIPS = f"{API_PREFIX}/client/memberships"
+    """GET the federations this client belongs to: list of :class:`MembershipInfo`."""
+    MEMBERSHIP = f"{API_PREFIX}/client/memberships/{{federation_id}}"
+    """PUT :class:`MembershipReport`: the client's local model fingerprint (makes it eligible)."""
     NEXT_TASK = f"{API_PREFIX}/client/tasks/next"
     """GET ``?wait=<seconds>`` -> 200 :class:`TaskAssignment` or 204 after the wait."""
     TASK = f"{API_PREFIX}/client/tasks/{{task_id}}"
@@ -298,6 +302,27 @@ class EnrollResponse(BaseModel):
     client_id: str
     organization_id: str
     api_key: str = Field(description="Shown once; send as 'Authorization: Bearer <key>'.")
+
+
+class MembershipInfo(BaseModel):
+    federation_id: str
+    federation_name: str
+    status: str
+    base_model_id: str
+    task_type: TaskType
+    model: ModelSpec
+    rank_budget: int
+    epsilon_budget: float
+    epsilon_spent: float
+    fingerprint_reported: str | None = None
+
+
+class MembershipReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="The SDK's fingerprint of the local base model."
+    )
 
 
 class TaskAssignment(BaseModel):

@@ -1,0 +1,52 @@
+"""The Celery application, configured from the same settings as the API.
+
+Torch-free on purpose: the API imports this module to enqueue jobs with ``send_task`` by name.
+Production uses Redis; the embedded default is kombu's SQLAlchemy transport on a SQLite file,
+which needs no server process and is served by a real worker process.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from api.config import Settings, get_settings
+
+OPEN_ROUND = "fedlora.open_round"
+AGGREGATE_ROUND = "fedlora.aggregate_round"
+SWEEP = "fedlora.sweep"
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    settings.resolved_artifact_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("fedlora", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    queue = settings.aggregation_queue
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.job_soft_time_limit,
+        task_time_limit=settings.job_time_limit,
+        # Longer than the longest job, so a slow job's message is not re-delivered mid-run.
+        broker_transport_options={"visibility_timeout": settings.job_time_limit + 600},
+        task_default_queue=queue,
+        task_routes={
+            OPEN_ROUND: {"queue": queue},
+            AGGREGATE_ROUND: {"queue": queue},
+            SWEEP: {"queue": queue},
+        },
+        beat_schedule={
+            "sweep-deadlines": {"task": SWEEP, "schedule": settings.sweep_interval_seconds}
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+    )
+    return app
+
+
+app = create_celery()
