@@ -1,0 +1,210 @@
+"""Per-strategy parameters: torch-free pydantic models the API validates federations with.
+
+The API imports this module (never the strategy modules, which import torch) to validate a
+federation's ``strategy_params`` and to publish their JSON schemas in OpenAPI. Every field has
+a description; bad values fail at construction with a message that names the field.
+
+``STRATEGY_PARAMS[name].model_validate(raw)`` validates the stored parameters of a federation
+whose strategy is ``name``; ``STRATEGY_DESCRIPTIONS[name]`` is a one-line description for the
+CLI and the dashboard. Both are keyed by :data:`fedlora_client.protocol.STRATEGY_NAMES`.
+
+Shared conventions (``METHODS.md`` §1): aggregation weights are data-size proportional unless a
+strategy's ``weighting`` says ``uniform``; every strategy aggregates effective updates
+``s_i B_i A_i``; the LoRA scale comes from the federation's ``lora_alpha`` / ``use_rslora``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedlora_client.protocol import STRATEGY_NAMES
+
+Weighting = Literal["num_examples", "uniform"]
+
+_WEIGHTING_DESCRIPTION = (
+    "Aggregation weights p_i: 'num_examples' (data-size proportional, the default of "
+    "METHODS.md §1) or 'uniform' (1/K)."
+)
+
+
+class StrategyParams(BaseModel):
+    """Base of every strategy's parameters: unknown fields are rejected, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FedAvgParams(StrategyParams):
+    """FedIT: average A and B separately (homogeneous ranks; the baseline)."""
+
+    weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
+
+
+class HetLoRAParams(StrategyParams):
+    """HetLoRA: truncation, norm-weighted zero-padded averaging, optional self-pruning."""
+
+    self_pruning: bool = Field(
+        default=False,
+        description="Rank self-pruning: when a client's tail norm ||B[:, k:]|| ||A[k:, :]|| "
+        "(k = floor(gamma r_i)) decreased since its previous round, its rank becomes k.",
+    )
+    prune_gamma: float = Field(
+        default=0.9, gt=0.0, lt=1.0, description="Rank decay gamma in (0, 1) of self-pruning."
+    )
+    prune_lambda: float = Field(
+        default=1e-3,
+        ge=0.0,
+        description="Weight of the client-side tail-norm regularizer lambda ||B_tail|| ||A_tail|| "
+        "(applied by clients that support it; the server-side pruning rule needs no client help).",
+    )
+    min_rank: int = Field(default=1, ge=1, le=4096, description="Self-pruning never goes below.")
+
+
+class FLoRAParams(StrategyParams):
+    """FLoRA: stacking (exact); clients merge the stacked module and start a fresh LoRA."""
+
+    weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
+
+
+class FlexLoRAParams(StrategyParams):
+    """FlexLoRA: average of products, then SVD redistribution to each client's rank."""
+
+    weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
+    sigma_split: Literal["b", "balanced"] = Field(
+        default="b",
+        description="Where the singular values go on redistribution: 'b' (all into B, as the "
+        "paper's code does) or 'balanced' (Sigma^1/2 on each factor).",
+    )
+
+
+class FSLoRAParams(StrategyParams):
+    """FSLoRA §3.2: sketched global rank-r LoRA, per-client index sets, server optimizer."""
+
+    global_rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Global rank r of the sketched factors; empty uses the federation's global "
+        "rank. A client's sketch size k_i is min(its rank budget, r).",
+    )
+    server_optimizer: Literal["adamw", "sgd"] = Field(
+        default="adamw",
+        description="Server optimizer fed with the pseudo-gradient (1/K) sum scatter(delta_i). "
+        "'sgd' with server_lr 1 is FedAvg of the sketched factor updates.",
+    )
+    server_lr: float = Field(
+        default=5e-4, gt=0.0, le=10.0, description="Server learning rate (paper: 5e-4 or 3e-4)."
+    )
+    weight_decay: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Decoupled weight decay of AdamW (or SGD's L2)."
+    )
+    betas: tuple[float, float] = Field(
+        default=(0.9, 0.999), description="AdamW (beta1, beta2); each in [0, 1)."
+    )
+    eps: float = Field(default=1e-8, gt=0.0, le=1.0, description="AdamW epsilon.")
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0, description="SGD momentum.")
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> FSLoRAParams:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("betas: each of (beta1, beta2) must lie in [0, 1)")
+        return self
+
+
+class SDFLoRAParams(StrategyParams):
+    """SDFLoRA §2.4: shared + private modules; stack and re-compress the shared module."""
+
+    private_rank_fraction: float = Field(
+        default=1.0 / 3.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of a client's rank budget r_i given to its private module: "
+        "r_i^p = round(fraction * r_i), r_i^s = r_i - r_i^p (at least 1).",
+    )
+    private_rank: int | None = Field(
+        default=None,
+        ge=0,
+        le=4096,
+        description="Explicit private rank r^p for every client (overrides the fraction; "
+        "clipped so that each client keeps a shared rank >= 1).",
+    )
+    shared_rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Global shared rank budget r_s of the re-compressed shared module; empty "
+        "uses the federation's global rank. Client shared ranks are capped at r_s.",
+    )
+    dp_variant: Literal["local", "server"] = Field(
+        default="local",
+        description="'local' (variant L): clients clip and noise the shared module before "
+        "upload. 'server' (variant S): the server clips each client's shared update to "
+        "server_clip_norm and adds Gaussian noise to the aggregate before re-compression "
+        "(needs a trusted aggregator; forms a dense m x d noise matrix per layer).",
+    )
+    server_clip_norm: float = Field(
+        default=1.0, gt=0.0, description="Variant S: Frobenius clip C of each shared update."
+    )
+    server_noise_multiplier: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Variant S: noise std is sigma * C / K on the aggregate (sigma = this).",
+    )
+    weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
+
+
+class PreLortParams(StrategyParams):
+    """PreLort (reconstructed §4.3): prefix-nested training and segment-wise aggregation."""
+
+    truncation_levels: Literal["segments", "powers_of_two", "rank_only"] = Field(
+        default="segments",
+        description="Truncation levels T_i a client samples per step: 'segments' (the distinct "
+        "participant ranks <= r_i), 'powers_of_two' (2^j <= r_i), or 'rank_only' (no nesting). "
+        "r_i itself is always included.",
+    )
+    weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
+
+
+STRATEGY_PARAMS: dict[str, type[StrategyParams]] = {
+    "fedavg": FedAvgParams,
+    "hetlora": HetLoRAParams,
+    "flora": FLoRAParams,
+    "flexlora": FlexLoRAParams,
+    "fslora": FSLoRAParams,
+    "sdflora": SDFLoRAParams,
+    "prelort": PreLortParams,
+}
+
+STRATEGY_DESCRIPTIONS: dict[str, str] = {
+    "fedavg": "FedIT baseline: average A and B separately (homogeneous ranks; not exact).",
+    "hetlora": "HetLoRA: truncate to each rank, norm-weighted zero-padded average, "
+    "optional rank self-pruning.",
+    "flora": "FLoRA: stack the clients' factors (exact average of products); clients merge it "
+    "and start a fresh LoRA.",
+    "flexlora": "FlexLoRA: average the clients' products, redistribute by a factored SVD "
+    "truncated to each rank.",
+    "fslora": "FSLoRA: sketch a global rank-r LoRA per client (r/k_i scaled), average the "
+    "sketched deltas, server optimizer step.",
+    "sdflora": "SDFLoRA: shared + private LoRA; stack and re-compress the shared module to "
+    "rank r_s, DP on the shared module only.",
+    "prelort": "PreLort (reconstruction): prefix-nested local training, segment-wise average "
+    "over covering clients.",
+}
+
+if set(STRATEGY_PARAMS) != set(STRATEGY_NAMES) or set(STRATEGY_DESCRIPTIONS) != set(
+    STRATEGY_NAMES
+):  # pragma: no cover - a programming error caught at import
+    raise RuntimeError("strategy params/descriptions do not match protocol.STRATEGY_NAMES")
+
+
+def validate_params(name: str, raw: dict[str, object] | None = None) -> StrategyParams:
+    """Validate a federation's stored parameters for strategy ``name``.
+
+    Raises ``KeyError`` for an unknown strategy and ``pydantic.ValidationError`` for bad values.
+    """
+    try:
+        model = STRATEGY_PARAMS[name]
+    except KeyError:
+        raise KeyError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}") from None
+    return model.model_validate(raw or {})
