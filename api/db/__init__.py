@@ -1,0 +1,43 @@
+"""SQLAlchemy 2.0 models (Mapped[...]) and the session factory. Importing registers every table."""
+
+from api.db.base import Base, utcnow
+from api.db.federation import Federation, FederationStatus, Membership
+from api.db.identity import Admin, Client, JoinToken, Organization
+from api.db.rounds import (
+    AuditLogEntry,
+    GlobalAdapter,
+    PrivacyLedgerEntry,
+    Round,
+    RoundState,
+    Task,
+    TaskStatus,
+    Update,
+    UploadSessionRow,
+    UploadStatus,
+)
+from api.db.session import create_db_engine, engine_from_settings, make_session_factory
+
+__all__ = [
+    "Admin",
+    "AuditLogEntry",
+    "Base",
+    "Client",
+    "Federation",
+    "FederationStatus",
+    "GlobalAdapter",
+    "JoinToken",
+    "Membership",
+    "Organization",
+    "PrivacyLedgerEntry",
+    "Round",
+    "RoundState",
+    "Task",
+    "TaskStatus",
+    "Update",
+    "UploadSessionRow",
+    "UploadStatus",
+    "create_db_engine",
+    "engine_from_settings",
+    "make_session_factory",
+    "utcnow",
+]

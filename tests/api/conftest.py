@@ -1,0 +1,105 @@
+"""Fixtures: every database test runs on SQLite and on the real Postgres.
+
+Postgres is never optional: if ``FEDLORA_TEST_POSTGRES_URL`` (a maintenance database) cannot be
+reached the Postgres half of each test FAILS. Each test session creates its own throwaway
+database with a random name and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import Base, create_db_engine, make_session_factory
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DB_KINDS = ["sqlite", "postgres"]
+
+
+def maintenance_url() -> str:
+    return os.environ.get("FEDLORA_TEST_POSTGRES_URL") or DEFAULT_PG
+
+
+def create_pg_database(prefix: str = "fedlora_test") -> str:
+    """Create an empty database from the maintenance URL and return its URL; fail if down."""
+    maint = make_url(maintenance_url())
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(maint, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"Postgres at {maint.render_as_string()} is unreachable: {exc}", False)
+    finally:
+        engine.dispose()
+    return maint.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    target = make_url(url)
+    engine = sa.create_engine(make_url(maintenance_url()), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_session_url() -> Iterator[str]:
+    """One Postgres database per test session with the models' schema."""
+    url = create_pg_database()
+    engine = create_db_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    yield url
+    drop_pg_database(url)
+
+
+def _truncate(engine: sa.Engine) -> None:
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+
+
+@pytest.fixture(params=DB_KINDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fedlora.sqlite'}"
+        engine = create_db_engine(url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        yield url
+        return
+    url = request.getfixturevalue("pg_session_url")
+    yield url
+    engine = create_db_engine(url)
+    try:
+        _truncate(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = create_db_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
