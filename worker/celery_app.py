@@ -19,8 +19,17 @@ SWEEP = "fedlora.sweep"
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     settings.resolved_artifact_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("fedlora", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    broker = settings.resolved_broker_url
+    app = Celery("fedlora", broker=broker, include=["worker.tasks"])
     queue = settings.aggregation_queue
+    transport_options: dict[str, object] = {}
+    if broker.startswith(("redis://", "rediss://")):
+        # Longer than the longest job, so a slow job's message is not re-delivered mid-run.
+        transport_options["visibility_timeout"] = settings.job_time_limit + 600
+    # kombu's SQLAlchemy transport hands its options to create_engine and has no visibility
+    # timeout: a message taken by a worker that dies is not re-delivered. That is safe here
+    # because the database is the source of truth: the sweeper re-enqueues any round whose
+    # aggregation claim expired, and publishing is conditional.
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -31,8 +40,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.job_time_limit,
-        # Longer than the longest job, so a slow job's message is not re-delivered mid-run.
-        broker_transport_options={"visibility_timeout": settings.job_time_limit + 600},
+        broker_transport_options=transport_options,
         task_default_queue=queue,
         task_routes={
             OPEN_ROUND: {"queue": queue},
