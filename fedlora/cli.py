@@ -23,5 +23,40 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def worker(
+    concurrency: int = typer.Option(1, min=1, help="Parallel aggregation jobs (1 per GPU)."),
+    beat: bool = typer.Option(
+        False, "--beat", help="Also run the scheduler (deadline sweeper) in this process."
+    ),
+    loglevel: str = typer.Option("info", help="Celery log level."),
+) -> None:
+    """Run an aggregation worker on the configured broker (embedded: a SQLite file)."""
+    from api.config import get_settings
+    from worker.celery_app import app as celery_app
+
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency}",
+        f"--queues={get_settings().aggregation_queue}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if concurrency == 1:
+        argv.append("--pool=solo")  # one job at a time in this process: simplest to kill/retry
+    if beat:
+        argv.append("--beat")
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def scheduler(loglevel: str = typer.Option("info", help="Celery log level.")) -> None:
+    """Run the scheduler that enqueues the deadline sweeper (run exactly one)."""
+    from worker.celery_app import app as celery_app
+
+    celery_app.start(["beat", f"--loglevel={loglevel}"])
+
+
 def main() -> None:
     app()
