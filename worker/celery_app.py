@@ -18,7 +18,7 @@ SWEEP = "fedlora.sweep"
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    settings.resolved_artifact_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded broker's file lives here
     broker = settings.resolved_broker_url
     app = Celery("fedlora", broker=broker, include=["worker.tasks"])
     queue = settings.aggregation_queue
@@ -50,6 +50,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "sweep-deadlines": {"task": SWEEP, "schedule": settings.sweep_interval_seconds}
         },
+        # Beat keeps its schedule state in a local file: under data_dir, not the working dir.
+        beat_schedule_filename=str(settings.data_dir.resolve() / "celerybeat-schedule"),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         timezone="UTC",
