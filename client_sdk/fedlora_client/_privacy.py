@@ -1,0 +1,203 @@
+"""Differential privacy, applied on the client before anything leaves the machine.
+
+Guarantees (each an (epsilon, delta)-DP statement about the tensors the client uploads, with
+delta = ``plan.dp.delta``; epsilon from :mod:`fedlora_client._accounting`):
+
+**Sample-level** (``DPMode.SAMPLE``, the default). DP-SGD: every local step draws a Poisson
+sample of the local dataset (rate ``q = batch_size / N``), computes per-example gradients of the
+released parameters (Opacus ``GradSampleModule``), clips each example's gradient, jointly over
+all released tensors, to L2 norm ``C``, sums, adds ``N(0, sigma^2 C^2)`` to every coordinate and
+divides by the expected batch size ``q N``. Neighbouring datasets differ by adding or removing
+one record (one line of the local data). Covered: everything released over all rounds this
+client takes part in (the final factors are post-processing of the noisy steps), given that the
+start adapters come from the server independently of this client's unreleased data. Not covered:
+the number of examples and the metrics reported to the server (``num_examples``, ``train_loss``
+are sent in the clear: keep them out of a threat model that needs them private), and
+correlations between records (a person with many records is protected per record only).
+
+**Client-level** (``DPMode.CLIENT``). After local training the update ``final - start`` of all
+released tensors together is clipped to L2 norm ``C`` and ``N(0, sigma^2 C^2)`` is added to each
+coordinate. Neighbouring datasets differ by adding or removing this client's entire dataset.
+Each round is a Gaussian mechanism of sensitivity ``C``; rounds compose. No amplification by
+the server's client sampling is counted, and the guarantee is meaningful only when the noise is
+small relative to the aggregate, i.e. with many clients. Metrics are not covered.
+
+**SDFLoRA caveat** (METHODS.md section 2.4). Only the shared module is released and noised; the
+private module is trained without noise and never leaves the machine. In sample-level mode the
+private module's state depends on every record, and the shared module's gradients depend on the
+private module, so the per-step sensitivity of the released gradients is not bounded by ``C``:
+the reported epsilon is *not* a formal sample-level guarantee for SDFLoRA. Use client-level
+mode (or train the private module with DP too) where a formal guarantee is required.
+
+**Randomness.** Noise and DP sampling use a generator seeded from the operating system's
+entropy, never from the plan's seed (the server knows the plan seed and could subtract noise
+drawn from it). Tests and benchmarks may pass an explicit seed; that voids the guarantee.
+``DPMode.NONE`` promises nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from fedlora_client._accounting import (
+    AccountantName,
+    calibrate_noise,
+    client_level_event,
+    sample_level_event,
+)
+from fedlora_client._errors import NonFiniteUpdateError, PrivacyError
+from fedlora_client.protocol import DPMode, DPPlan
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+def secure_generator(seed: int | None = None) -> torch.Generator:
+    """A CPU generator from OS entropy (or from ``seed``, for tests: no privacy then)."""
+    generator = torch.Generator()
+    generator.manual_seed(secrets.randbits(63) if seed is None else seed)
+    return generator
+
+
+def joint_norm(tensors: Tensors) -> float:
+    """L2 norm of all tensors together, in float64."""
+    total = sum((t.detach().double().pow(2).sum() for t in tensors.values()), torch.zeros(()))
+    return float(total.sqrt())
+
+
+def clip_update(update: Tensors, clip_norm: float) -> dict[str, torch.Tensor]:
+    """Scale ``update`` so its joint L2 norm is at most ``clip_norm``.
+
+    Raises :class:`NonFiniteUpdateError` if any value is NaN or infinite (such an update is
+    never uploaded: clipping cannot bound it meaningfully).
+    """
+    for name, tensor in update.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteUpdateError(
+                f"update tensor {name!r} holds NaN or infinity; nothing was uploaded. Lower the "
+                "learning rate or check the data, then retry the round."
+            )
+    norm = joint_norm(update)
+    factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return {name: (t.double() * factor).to(t.dtype) for name, t in update.items()}
+
+
+def add_gaussian_noise(
+    tensors: Tensors, std: float, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """``tensors`` plus independent ``N(0, std^2)`` noise on every coordinate."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64) * std
+        out[name] = (tensor.double().cpu() + noise).to(tensor.dtype).to(tensor.device)
+    return out
+
+
+def privatize_update(
+    start: Tensors,
+    final: Tensors,
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Client-level DP: ``start + clip(final - start, C) + N(0, sigma^2 C^2)``."""
+    if set(start) != set(final):
+        raise PrivacyError("start and final tensors differ in names; cannot form the update")
+    delta = {k: final[k].detach().float().cpu() - start[k].detach().float().cpu() for k in final}
+    noisy = add_gaussian_noise(
+        clip_update(delta, clip_norm), noise_multiplier * clip_norm, generator
+    )
+    return {k: start[k].detach().float().cpu() + noisy[k] for k in final}
+
+
+def resolve_noise_multiplier(
+    dp: DPPlan, *, sampling_rate: float, steps: int, accountant: AccountantName = "rdp"
+) -> float:
+    """sigma from the plan, or calibrated so the planned rounds reach ``dp.target_epsilon``."""
+    if dp.mode is DPMode.NONE:
+        return 0.0
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    assert dp.target_epsilon is not None  # DPSettings validates exactly one is set
+    rounds = dp.planned_rounds
+    if dp.mode is DPMode.SAMPLE:
+        return calibrate_noise(
+            lambda s: sample_level_event(s, sampling_rate, steps * rounds),
+            dp.target_epsilon,
+            dp.delta,
+            accountant,
+        )
+    return calibrate_noise(
+        lambda s: client_level_event(s, rounds), dp.target_epsilon, dp.delta, accountant
+    )
+
+
+def _gs(p: torch.nn.Parameter) -> torch.Tensor:
+    """Opacus' per-example gradient of ``p`` (leading batch dimension)."""
+    sample: torch.Tensor = p.grad_sample  # type: ignore[attr-defined]
+    return sample
+
+
+class DPSGD:
+    """Turns Opacus per-example gradients into DP-SGD gradients for the released parameters.
+
+    Call after ``sum(per_example_losses).backward()`` on a ``GradSampleModule``: released
+    parameters get ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2)) / expected_batch``; other
+    trainable parameters (SDFLoRA's private module) get their plain mean gradient.
+    """
+
+    def __init__(
+        self,
+        released: Sequence[torch.nn.Parameter],
+        others: Sequence[torch.nn.Parameter],
+        *,
+        clip_norm: float,
+        noise_multiplier: float,
+        expected_batch_size: float,
+        generator: torch.Generator,
+    ) -> None:
+        if expected_batch_size <= 0 or not math.isfinite(noise_multiplier):
+            raise PrivacyError("DP-SGD needs a positive batch size and a finite noise multiplier")
+        self.released = list(released)
+        self.others = list(others)
+        self.clip_norm = clip_norm
+        self.noise_multiplier = noise_multiplier
+        self.expected_batch_size = expected_batch_size
+        self.generator = generator
+
+    def per_example_norms(self) -> torch.Tensor:
+        squares = [_gs(p).reshape(_gs(p).shape[0], -1).double().pow(2).sum(1)
+                   for p in self.released]  # fmt: skip
+        return torch.stack(squares).sum(0).sqrt()
+
+    def apply(self, batch_size: int) -> None:
+        """Replace ``.grad`` as described above and drop the per-example gradients."""
+        factors = None
+        if batch_size > 0:
+            norms = self.per_example_norms()
+            factors = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+        std = self.noise_multiplier * self.clip_norm
+        for p in self.released:
+            summed = torch.zeros(p.shape, dtype=torch.float64)
+            if factors is not None:
+                gs = _gs(p).double().cpu()
+                summed = torch.einsum("b,b...->...", factors, gs)
+            noise = torch.randn(p.shape, generator=self.generator, dtype=torch.float64) * std
+            p.grad = ((summed + noise) / self.expected_batch_size).to(p.dtype).to(p.device)
+        for p in self.others:
+            if p.grad is not None and batch_size > 0:
+                p.grad = p.grad / batch_size
+        for p in [*self.released, *self.others]:
+            p.grad_sample = None  # type: ignore[attr-defined]
+
+
+def backward_quietly(loss: torch.Tensor) -> None:
+    """``loss.backward()`` without torch's note that Opacus' hooks see no input gradients."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss.backward()  # type: ignore[no-untyped-call]
