@@ -34,12 +34,12 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 CHUNK_SIZE = 1024 * 1024
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -126,6 +126,29 @@ def _check_upload_id(upload_id: str) -> str:
     return upload_id
 
 
+def _lock_session(path: Path, mode: Literal["rb", "r+b"]) -> BinaryIO:
+    """Open a session file and take its exclusive lock without waiting.
+
+    After locking, the path must still name the same file: a session finalized (renamed into
+    the store) or discarded while we waited must not be written through a stale descriptor.
+    """
+    try:
+        f = path.open(mode)
+    except FileNotFoundError:
+        raise ArtifactNotFoundError(f"unknown upload session {path.name!r}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+            raise FileNotFoundError(path)
+    except BlockingIOError:
+        f.close()
+        raise UploadBusyError(f"upload session {path.name} is busy with another request") from None
+    except FileNotFoundError:
+        f.close()
+        raise ArtifactNotFoundError(f"unknown upload session {path.name!r}") from None
+    return f
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -194,9 +217,7 @@ class ArtifactWriter:
     def __enter__(self) -> ArtifactWriter:
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._file is not None:
             self.abort()
 
@@ -210,17 +231,7 @@ class PartialAppender:
     """
 
     def __init__(self, path: Path, *, offset: int, max_bytes: int | None) -> None:
-        try:
-            self._file: BinaryIO = path.open("r+b")
-        except FileNotFoundError:
-            raise ArtifactNotFoundError(f"unknown upload session {path.name!r}") from None
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise UploadBusyError(
-                f"upload session {path.name} is receiving another request"
-            ) from None
+        self._file = _lock_session(path, "r+b")
         size = os.fstat(self._file.fileno()).st_size
         if offset != size:
             self._file.close()
@@ -250,9 +261,7 @@ class PartialAppender:
     def __enter__(self) -> PartialAppender:
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -372,17 +381,7 @@ class ArtifactStore:
         deleted and the error propagates: nothing of a rejected upload stays stored.
         """
         path = self.partial_path(upload_id)
-        try:
-            f = path.open("rb")
-        except FileNotFoundError:
-            raise ArtifactNotFoundError(f"unknown upload session {upload_id!r}") from None
-        with f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UploadBusyError(
-                    f"upload session {upload_id} is receiving a request"
-                ) from None
+        with _lock_session(path, "rb") as f:
             try:
                 if verify is not None:
                     verify(path)
@@ -394,7 +393,7 @@ class ArtifactStore:
                 digest = h.hexdigest()
                 if expected_sha256 is not None and expected_sha256 != digest:
                     raise DigestMismatchError(expected=expected_sha256, actual=digest)
-            except BaseException:
+            except Exception:
                 path.unlink(missing_ok=True)
                 raise
             self._install(path, digest)
@@ -402,3 +401,21 @@ class ArtifactStore:
 
     def discard_partial(self, upload_id: str) -> None:
         self.partial_path(upload_id).unlink(missing_ok=True)
+
+    def sweep(self, *, older_than_seconds: float) -> int:
+        """Delete temp files and upload sessions untouched for that long (crashed or abandoned
+        uploads); sessions receiving a request are skipped. Returns how many were removed."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for sub in ("tmp", "partial"):
+            for path in (self.root / sub).iterdir():
+                with contextlib.suppress(FileNotFoundError, ArtifactError):
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                    if sub == "partial":  # unlink under the lock: skip sessions in use
+                        with _lock_session(path, "rb"):
+                            path.unlink()
+                    else:
+                        path.unlink()
+                    removed += 1
+        return removed

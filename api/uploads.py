@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ CHECK_CHUNK_BYTES = 1024 * 1024
 """Bytes of tensor data examined at a time by the finiteness check (bounds memory)."""
 
 MAX_NDIM = 8
+METADATA_BUDGET = 64 * 1024
+"""Header bytes allowed beyond the tensor entries (``__metadata__``, padding)."""
 
 # dtype code -> (item size, mask of exponent bits). A float is NaN or +-Inf exactly when all its
 # exponent bits are set, so one integer test covers F32, F16 and BF16 (whose bits are the top
@@ -98,8 +100,21 @@ def _sniff(head: bytes) -> str:
     return "no safetensors header"
 
 
+def header_budget(expected_shapes: Mapping[str, Sequence[int]]) -> int:
+    """The most bytes a header describing ``expected_shapes`` can reasonably take.
+
+    Why: parsing JSON costs several times its size in Python objects, so a header padded with
+    millions of keys up to the configured limit could cost hundreds of MB. A real header is the
+    tensor names plus ~80 bytes each (more if pretty-printed), plus a small ``__metadata__``.
+    """
+    per_tensor = sum(
+        len(name.encode()) + 256 + 24 * len(shape) for name, shape in expected_shapes.items()
+    )
+    return METADATA_BUDGET + per_tensor
+
+
 def _read_header(
-    f: io.BufferedReader, size: int, max_header_bytes: int
+    f: io.BufferedReader, size: int, max_header_bytes: int, budget: int
 ) -> tuple[int, dict[str, Any]]:
     head = f.read(9)
     if size < 10:
@@ -118,6 +133,11 @@ def _read_header(
     if n > max_header_bytes:
         raise UploadRejected(
             f"safetensors header is {n} bytes; the limit is {max_header_bytes}", status_code=413
+        )
+    if n > budget:
+        raise UploadRejected(
+            f"safetensors header is {n} bytes, more than a header for the plan's tensors needs "
+            f"(at most {budget})"
         )
     raw = head[8:] + f.read(n - 1)
     try:
@@ -187,7 +207,7 @@ def _tensor_info(name: str, entry: object, expected: tuple[int, ...]) -> TensorI
     return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
 
 
-def _check_names(names: set[str], expected: Mapping[str, tuple[int, ...]]) -> None:
+def _check_names(names: set[str], expected: Mapping[str, object]) -> None:
     for name in sorted(names):
         if not is_safe_tensor_name(name):
             raise UploadRejected(
@@ -243,7 +263,7 @@ def _check_finite(f: io.BufferedReader, data_start: int, t: TensorInfo) -> None:
 def validate_safetensors(
     path: Path | str,
     *,
-    expected_shapes: Mapping[str, tuple[int, ...]],
+    expected_shapes: Mapping[str, Sequence[int]],
     max_header_bytes: int,
     max_file_bytes: int | None = None,
 ) -> UploadSummary:
@@ -257,7 +277,7 @@ def validate_safetensors(
             f"upload too large: {size} bytes exceeds the limit of {max_file_bytes}", status_code=413
         )
     with open(path, "rb") as f:
-        n, header = _read_header(f, size, max_header_bytes)
+        n, header = _read_header(f, size, max_header_bytes, header_budget(expected_shapes))
         metadata = header.pop("__metadata__", {})
         if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
@@ -281,12 +301,16 @@ def store_upload(
     store: ArtifactStore,
     chunks: Iterable[Buffer],
     *,
-    expected_shapes: Mapping[str, tuple[int, ...]],
+    expected_shapes: Mapping[str, Sequence[int]],
     max_header_bytes: int,
     max_bytes: int,
     expected_sha256: str | None = None,
 ) -> tuple[StoredArtifact, UploadSummary]:
-    """Stream ``chunks`` into ``store``, validate, commit; a rejection stores nothing."""
+    """Stream ``chunks`` into ``store``, validate, commit; a rejection stores nothing.
+
+    For one-shot uploads and server-side files; the resumable routes use
+    ``ArtifactStore.append_partial`` and then :func:`accept_partial_upload`.
+    """
     with store.begin_write(max_bytes=max_bytes) as writer:
         for chunk in chunks:
             writer.write(chunk)
@@ -300,11 +324,15 @@ def accept_partial_upload(
     store: ArtifactStore,
     upload_id: str,
     *,
-    expected_shapes: Mapping[str, tuple[int, ...]],
+    expected_shapes: Mapping[str, Sequence[int]],
     max_header_bytes: int,
     expected_sha256: str | None = None,
 ) -> tuple[StoredArtifact, UploadSummary]:
-    """Validate a complete resumable upload and move it into the store (or delete it)."""
+    """Validate a complete resumable upload and move it into the store, or delete it.
+
+    Call it once the session's size equals the manifest's. It reads the whole file twice
+    (validate, hash), so an async route runs it in a worker thread (``run_in_threadpool``).
+    """
     found: list[UploadSummary] = []
 
     def check(path: Path) -> None:

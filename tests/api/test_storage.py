@@ -252,3 +252,23 @@ def test_concurrent_writers_of_the_same_content(store: ArtifactStore) -> None:
     assert set(results) == {(sha, len(DATA_FOR_PROCESSES))}
     assert store.path(sha).read_bytes() == DATA_FOR_PROCESSES
     assert files(store) == sorted([f"sha256/{SHA[:2]}/{SHA[2:]}", f"sha256/{sha[:2]}/{sha[2:]}"])
+
+
+def test_sweep_removes_only_stale_temp_files_and_sessions(store: ArtifactStore) -> None:
+    ref = store.put_bytes(b"kept")
+    stale_writer = store.begin_write()
+    stale_writer.write(b"half an upload")
+    stale_session, fresh_session, busy_session = (store.create_partial() for _ in range(3))
+    old = 1_000_000_000.0
+    for path in (stale_writer.temp_path, store.partial_path(stale_session)):
+        os.utime(path, (old, old))
+    os.utime(store.partial_path(busy_session), (old, old))
+    with store.append_partial(busy_session, offset=0):
+        assert store.sweep(older_than_seconds=3600) == 2
+    assert store.exists(ref.sha256)
+    assert store.partial_size(fresh_session) == 0
+    assert store.partial_size(busy_session) == 0
+    with pytest.raises(ArtifactNotFoundError):
+        store.partial_size(stale_session)
+    assert not stale_writer.temp_path.exists()
+    stale_writer.abort()

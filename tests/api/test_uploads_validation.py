@@ -246,6 +246,25 @@ def test_plan_expecting_huge_tensors_does_not_trust_the_header(tmp_path: Path) -
         validate_safetensors(path, expected_shapes=huge, max_header_bytes=MAX_HEADER)
 
 
+def test_header_larger_than_the_plan_needs_is_rejected(tmp_path: Path) -> None:
+    """Below the configured limit but far beyond what three tensor entries take."""
+    header, body = split(good())
+    header["__metadata__"] = {f"k{i}": "v" for i in range(20_000)}
+    path = tmp_path / "padded"
+    path.write_bytes(join(header, body))
+    with pytest.raises(UploadRejected, match="more than a header for the plan") as exc:
+        validate_safetensors(path, expected_shapes=EXPECTED, max_header_bytes=16 * 1024**2)
+    assert exc.value.status_code == 422
+
+
+def test_expected_shapes_may_be_lists_from_json(tmp_path: Path) -> None:
+    path = tmp_path / "ok"
+    path.write_bytes(good())
+    as_json = json.loads(json.dumps(EXPECTED))
+    summary = validate_safetensors(path, expected_shapes=as_json, max_header_bytes=MAX_HEADER)
+    assert summary.shapes == EXPECTED
+
+
 def test_finiteness_is_checked_across_chunk_boundaries(tmp_path: Path) -> None:
     """A NaN beyond the first 1 MiB chunk (and in the last element) is still found."""
     big = {A: (1024, 1024)}
