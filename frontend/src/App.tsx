@@ -1,0 +1,102 @@
+import { lazy, Suspense, useEffect, type ReactNode } from "react";
+import { Link, Redirect, Route, Switch, useLocation } from "wouter";
+import { useQueryClient } from "@tanstack/react-query";
+import { setUnauthorizedHandler } from "./api/client";
+import { useAuth, AuthProvider } from "./auth";
+import { Loading } from "./components/states";
+import { SignIn } from "./pages/SignIn";
+import { FederationsPage } from "./pages/Federations";
+
+// Pages beyond the landing list load on demand; the federation page carries the charts.
+const NewFederationPage = lazy(() => import("./pages/NewFederation"));
+const FederationPage = lazy(() => import("./pages/Federation"));
+const OrganizationsPage = lazy(() => import("./pages/Organizations"));
+const OrganizationPage = lazy(() => import("./pages/Organization"));
+const ArtifactsPage = lazy(() => import("./pages/Artifacts"));
+
+function NavLink({ href, children }: { href: string; children: ReactNode }) {
+  const [location] = useLocation();
+  const active = location === href || location.startsWith(`${href}/`);
+  return (
+    <Link href={href} aria-current={active ? "page" : undefined}>
+      {children}
+    </Link>
+  );
+}
+
+function Shell({ children }: { children: ReactNode }) {
+  const { email, signOut } = useAuth();
+  return (
+    <div className="app">
+      <a className="skip-link" href="#main">
+        Skip to content
+      </a>
+      <aside className="sidebar">
+        <div className="brand">
+          <span className="brand-mark" aria-hidden="true">
+            f
+          </span>
+          fedlora
+        </div>
+        <nav className="nav" aria-label="Main">
+          <NavLink href="/federations">Federations</NavLink>
+          <NavLink href="/organizations">Organizations</NavLink>
+          <NavLink href="/artifacts">Artifacts</NavLink>
+        </nav>
+        <div className="sidebar-foot">
+          <span className="muted" title={email ?? undefined}>
+            {email}
+          </span>
+          <button type="button" className="btn btn-small" onClick={() => signOut()}>
+            Sign out
+          </button>
+        </div>
+      </aside>
+      <main id="main" tabIndex={-1}>
+        <Suspense fallback={<Loading label="Loading page" />}>{children}</Suspense>
+      </main>
+    </div>
+  );
+}
+
+function Routes() {
+  const { signedIn, signOut } = useAuth();
+  const queryClient = useQueryClient();
+  useEffect(() => {
+    setUnauthorizedHandler(() => {
+      queryClient.clear();
+      signOut("Your session has ended. Sign in again.");
+    });
+  }, [queryClient, signOut]);
+
+  if (!signedIn) return <SignIn />;
+  return (
+    <Shell>
+      <Switch>
+        <Route path="/">
+          <Redirect to="/federations" />
+        </Route>
+        <Route path="/federations" component={FederationsPage} />
+        <Route path="/federations/new" component={NewFederationPage} />
+        <Route path="/federations/:id">{(p) => <FederationPage id={p.id} />}</Route>
+        <Route path="/organizations" component={OrganizationsPage} />
+        <Route path="/organizations/:id">{(p) => <OrganizationPage id={p.id} />}</Route>
+        <Route path="/artifacts" component={ArtifactsPage} />
+        <Route>
+          <h1>Page not found</h1>
+          <p>
+            <Link href="/federations">Go to federations</Link>
+          </p>
+        </Route>
+      </Switch>
+    </Shell>
+  );
+}
+
+export function App() {
+  return (
+    <AuthProvider>
+      <Routes />
+    </AuthProvider>
+  );
+}

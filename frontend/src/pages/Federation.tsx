@@ -1,0 +1,467 @@
+import { useMemo, useState, type FormEvent } from "react";
+import { Link } from "wouter";
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { api, call, errorMessage } from "../api/client";
+import type { components } from "../api/client";
+import { BytesChart, EpsilonChart, LossChart, RankChart, type RoundPoint } from "../components/Charts";
+import { useServerErrors } from "../components/form";
+import { Empty, ErrorState, Loading, QueryView } from "../components/states";
+import { Field, PageHeader, Section, StatusBadge } from "../components/ui";
+import { ago, bytes, dateTime, durationBetween, num, seconds, shortId } from "../format";
+
+type S = components["schemas"];
+type Task = S["TaskPublic"];
+type Update = S["UpdatePublic"];
+type Adapter = S["GlobalAdapterPublic"];
+
+const LIVE_MS = 2_000;
+
+function metric(m: Record<string, unknown> | undefined, ...names: string[]): number | null {
+  for (const n of names) {
+    const v = m?.[n];
+    if (typeof v === "number" && Number.isFinite(v)) return v;
+  }
+  return null;
+}
+
+/** The global adapter's evaluation metric: the first numeric metric whose name starts with eval. */
+function evalName(adapters: Adapter[]): string | null {
+  for (const a of adapters) {
+    const k = Object.keys(a.metrics ?? {}).find((x) => x.startsWith("eval") && typeof a.metrics[x] === "number");
+    if (k) return k;
+  }
+  return null;
+}
+
+function planRank(plan: Record<string, unknown>): number | null {
+  const lora = plan?.lora as { rank?: number } | undefined;
+  return typeof lora?.rank === "number" ? lora.rank : null;
+}
+
+const ACTIONS: Record<string, { label: string; action: "start" | "pause" | "resume" | "cancel"; danger?: boolean }[]> = {
+  draft: [{ label: "Start", action: "start" }, { label: "Cancel", action: "cancel", danger: true }],
+  running: [{ label: "Pause", action: "pause" }, { label: "Cancel", action: "cancel", danger: true }],
+  paused: [{ label: "Resume", action: "resume" }, { label: "Cancel", action: "cancel", danger: true }],
+};
+
+function Controls({ id, status, name }: { id: string; status: string; name: string }) {
+  const qc = useQueryClient();
+  const [error, setError] = useState<string | null>(null);
+  const act = useMutation({
+    mutationFn: (action: "start" | "pause" | "resume" | "cancel") => {
+      const params = { params: { path: { federation_id: id } } };
+      switch (action) {
+        case "start":
+          return call(api.POST("/api/v1/federations/{federation_id}/start", params));
+        case "pause":
+          return call(api.POST("/api/v1/federations/{federation_id}/pause", params));
+        case "resume":
+          return call(api.POST("/api/v1/federations/{federation_id}/resume", params));
+        case "cancel":
+          return call(api.POST("/api/v1/federations/{federation_id}/cancel", params));
+      }
+    },
+    onSuccess: () => {
+      setError(null);
+      void qc.invalidateQueries({ queryKey: ["federation", id] });
+      void qc.invalidateQueries({ queryKey: ["federations"] });
+    },
+    onError: (e) => setError(errorMessage(e)),
+  });
+  return (
+    <div className="stack" style={{ gap: "0.4rem", alignItems: "flex-end" }}>
+      <div className="page-actions">
+        {(ACTIONS[status] ?? []).map((a) => (
+          <button
+            key={a.action}
+            type="button"
+            className={`btn ${a.danger ? "btn-danger" : "btn-primary"}`}
+            disabled={act.isPending}
+            onClick={() => {
+              if (a.action !== "cancel" || confirm(`Cancel ${name}? This cannot be undone.`)) act.mutate(a.action);
+            }}
+          >
+            {a.label}
+          </button>
+        ))}
+      </div>
+      {error && (
+        <p className="field-error" role="alert">
+          {error}
+        </p>
+      )}
+    </div>
+  );
+}
+
+function AddMember({ id, taken }: { id: string; taken: Set<string> }) {
+  const qc = useQueryClient();
+  const clients = useQuery({
+    queryKey: ["clients", "all"],
+    queryFn: () => call(api.GET("/api/v1/clients", { params: { query: { limit: 500 } } })),
+  });
+  const [clientId, setClientId] = useState("");
+  const [rank, setRank] = useState("8");
+  const errors = useServerErrors(["client_id", "rank_budget"]);
+  const add = useMutation({
+    mutationFn: () =>
+      call(
+        api.POST("/api/v1/federations/{federation_id}/memberships", {
+          params: { path: { federation_id: id } },
+          body: { client_id: clientId, rank_budget: Number(rank) },
+        }),
+      ),
+    onSuccess: () => {
+      errors.clear();
+      setClientId("");
+      void qc.invalidateQueries({ queryKey: ["federation", id] });
+    },
+    onError: errors.capture,
+  });
+  const free = (clients.data?.data ?? []).filter((c) => !taken.has(c.id) && !c.revoked);
+  function submit(e: FormEvent) {
+    e.preventDefault();
+    add.mutate();
+  }
+  return (
+    <form className="inline-form" onSubmit={submit} aria-label="Add member" noValidate>
+      <Field label="Client" error={errors.fields.client_id}>
+        {(p) => (
+          <select {...p} value={clientId} onChange={(e) => setClientId(e.target.value)} disabled={clients.isPending}>
+            <option value="">{clients.isPending ? "Loading clients…" : free.length ? "Choose a client" : "No clients available"}</option>
+            {free.map((c) => (
+              <option key={c.id} value={c.id}>
+                {c.name}
+              </option>
+            ))}
+          </select>
+        )}
+      </Field>
+      <Field label="Rank budget" error={errors.fields.rank_budget}>
+        {(p) => <input {...p} inputMode="numeric" value={rank} onChange={(e) => setRank(e.target.value)} />}
+      </Field>
+      <button type="submit" className="btn" disabled={!clientId || add.isPending}>
+        Add member
+      </button>
+      {(errors.form || clients.error) && (
+        <p className="field-error" role="alert" style={{ flexBasis: "100%" }}>
+          {errors.form ?? errorMessage(clients.error)}
+        </p>
+      )}
+    </form>
+  );
+}
+
+function Timeline({
+  rounds,
+  tasks,
+  names,
+}: {
+  rounds: S["RoundPublic"][];
+  tasks: Task[];
+  names: Map<string, string>;
+}) {
+  if (!rounds.length) return <Empty title="No rounds yet">Start the federation to open round 1.</Empty>;
+  const byRound = new Map<string, Task[]>();
+  for (const t of tasks) byRound.set(t.round_id, [...(byRound.get(t.round_id) ?? []), t]);
+  return (
+    <ol className="timeline" aria-label="Rounds">
+      {[...rounds]
+        .sort((a, b) => b.number - a.number)
+        .map((r) => {
+          const ts = byRound.get(r.id) ?? [];
+          const done = new Set(["uploaded", "reported"]);
+          const stragglers = r.state === "open" ? [] : ts.filter((t) => !done.has(t.status));
+          const roundTime = durationBetween(r.opened_at, r.aggregating_at ?? r.failed_at ?? (r.state === "open" ? new Date().toISOString() : null));
+          const aggTime = r.job_duration_seconds ?? durationBetween(r.aggregating_at, r.completed_at);
+          return (
+            <li key={r.id} className={`t-${r.state}`}>
+              <div className="t-head">
+                <strong>Round {r.number}</strong>
+                <StatusBadge status={r.state} />
+                <span className="t-meta">
+                  <span>opened {ago(r.opened_at)}</span>
+                  <span>
+                    {ts.filter((t) => done.has(t.status)).length}/{ts.length} updates (min {r.min_updates})
+                  </span>
+                  <span>round {seconds(roundTime)}</span>
+                  <span>aggregation {seconds(aggTime)}</span>
+                  {r.job_device && <span>device {r.job_device}</span>}
+                  {r.job_peak_memory_bytes != null && <span>peak {bytes(r.job_peak_memory_bytes)}</span>}
+                  {r.state === "open" && <span>deadline {dateTime(r.deadline_at)}</span>}
+                </span>
+              </div>
+              {r.failure_reason && <p className="field-error">{r.failure_reason}</p>}
+              {ts.length > 0 && (
+                <div style={{ marginTop: "0.4rem" }}>
+                  {ts.map((t) => (
+                    <span key={t.id} className="chip" title={t.status}>
+                      {names.get(t.client_id) ?? shortId(t.client_id)} · r={planRank(t.plan) ?? "?"} · {t.status}
+                    </span>
+                  ))}
+                  {stragglers.length > 0 && (
+                    <span className="muted"> stragglers: {stragglers.map((t) => names.get(t.client_id) ?? shortId(t.client_id)).join(", ")}</span>
+                  )}
+                </div>
+              )}
+            </li>
+          );
+        })}
+    </ol>
+  );
+}
+
+export default function FederationPage({ id }: { id: string }) {
+  const path = { params: { path: { federation_id: id } } };
+  const fed = useQuery({
+    queryKey: ["federation", id],
+    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}", path)),
+    refetchInterval: (q) => (q.state.data?.status === "running" ? LIVE_MS : false),
+  });
+  const live = fed.data?.status === "running";
+  const poll = live ? LIVE_MS : false;
+  const list = { params: { path: { federation_id: id }, query: { limit: 500 } } };
+  const rounds = useQuery({
+    queryKey: ["federation", id, "rounds"],
+    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/rounds", list)),
+    refetchInterval: poll,
+  });
+  const members = useQuery({
+    queryKey: ["federation", id, "memberships"],
+    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/memberships", list)),
+    refetchInterval: poll,
+  });
+  const tasks = useQuery({
+    queryKey: ["federation", id, "tasks"],
+    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/tasks", list)),
+    refetchInterval: poll,
+  });
+  const updates = useQuery({
+    queryKey: ["federation", id, "updates"],
+    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/updates", list)),
+    refetchInterval: poll,
+  });
+  const adapters = useQuery({
+    queryKey: ["federation", id, "adapters"],
+    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/adapters", list)),
+    refetchInterval: poll,
+  });
+  const clients = useQuery({
+    queryKey: ["clients", "all"],
+    queryFn: () => call(api.GET("/api/v1/clients", { params: { query: { limit: 500 } } })),
+  });
+
+  const names = useMemo(() => new Map((clients.data?.data ?? []).map((c) => [c.id, c.name])), [clients.data]);
+  const nameOf = (cid: string) => names.get(cid) ?? shortId(cid);
+
+  const charts = useMemo(() => {
+    const ups: Update[] = updates.data?.data ?? [];
+    const ads: Adapter[] = adapters.data?.data ?? [];
+    const rs = rounds.data?.data ?? [];
+    const ev = evalName(ads);
+    const byRoundId = new Map(rs.map((r) => [r.id, r.number]));
+    const loss = new Map<number, number[]>();
+    for (const u of ups) {
+      const n = byRoundId.get(u.round_id);
+      const l = metric(u.metrics, "train_loss", "loss");
+      if (n != null && l != null) loss.set(n, [...(loss.get(n) ?? []), l]);
+    }
+    const points = new Map<number, RoundPoint>();
+    for (const [n, ls] of loss) points.set(n, { round: n, train_loss: ls.reduce((a, b) => a + b, 0) / ls.length });
+    for (const a of ads) {
+      const p = points.get(a.round_number) ?? { round: a.round_number };
+      p.eval = ev ? metric(a.metrics, ev) : null;
+      p.train_loss ??= metric(a.metrics, "train_loss", "loss");
+      points.set(a.round_number, p);
+    }
+    const bytesBy = new Map<string, number>();
+    for (const u of ups) bytesBy.set(u.client_id, (bytesBy.get(u.client_id) ?? 0) + u.size);
+    const ms = members.data?.data ?? [];
+    const ranks = new Map<number, number>();
+    for (const m of ms) ranks.set(m.rank_budget, (ranks.get(m.rank_budget) ?? 0) + 1);
+    return {
+      evalName: ev,
+      loss: [...points.values()].sort((a, b) => a.round - b.round),
+      epsilon: ms.map((m) => ({ client: nameOf(m.client_id), value: m.epsilon_spent })),
+      ranks: [...ranks.entries()].sort((a, b) => a[0] - b[0]).map(([r, c]) => ({ rank: String(r), members: c })),
+      bytes: [...bytesBy.entries()].map(([c, b]) => ({ client: nameOf(c), value: b })),
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [updates.data, adapters.data, rounds.data, members.data, names]);
+
+  if (fed.isPending) return <Loading label="Loading federation" />;
+  if (fed.error && !fed.data) return <ErrorState error={fed.error} retry={() => void fed.refetch()} />;
+  const f = fed.data!;
+  const rs = rounds.data?.data ?? [];
+  const completed = rs.filter((r) => r.state === "completed").length;
+  const current = rs.length ? Math.max(...rs.map((r) => r.number)) : null;
+  const budget = typeof f.dp?.epsilon_budget === "number" ? f.dp.epsilon_budget : null;
+
+  return (
+    <>
+      <div className="breadcrumb">
+        <Link href="/federations">Federations</Link> /
+      </div>
+      <PageHeader
+        title={
+          <>
+            {f.name} <StatusBadge status={f.status} /> {live && <span className="live">live</span>}
+          </>
+        }
+        subtitle={f.description || `${f.base_model_id} · ${f.task_type}`}
+        actions={<Controls id={id} status={f.status} name={f.name} />}
+      />
+      {fed.error != null && (
+        <p className="banner banner-warn" role="alert">
+          Live updates paused: {errorMessage(fed.error)}
+        </p>
+      )}
+      <dl className="stats">
+        <div className="stat">
+          <dt>Round</dt>
+          <dd>
+            {current ?? "—"} / {f.num_rounds}
+          </dd>
+        </div>
+        <div className="stat">
+          <dt>Completed rounds</dt>
+          <dd>{completed}</dd>
+        </div>
+        <div className="stat">
+          <dt>Members</dt>
+          <dd>{members.data?.count ?? "—"}</dd>
+        </div>
+        <div className="stat">
+          <dt>Strategy</dt>
+          <dd>{f.strategy}</dd>
+        </div>
+        <div className="stat">
+          <dt>Global rank</dt>
+          <dd>{f.global_rank}</dd>
+        </div>
+        <div className="stat">
+          <dt>ε budget</dt>
+          <dd>{budget ?? "—"}</dd>
+        </div>
+      </dl>
+
+      <div className="grid-2">
+        <Section title="Loss and evaluation">
+          <QueryView query={updates} label="updates">
+            {() => <LossChart data={charts.loss} evalName={charts.evalName} />}
+          </QueryView>
+        </Section>
+        <Section title="Privacy budget">
+          <QueryView query={members} label="members">
+            {() => <EpsilonChart data={charts.epsilon} budget={budget} />}
+          </QueryView>
+        </Section>
+        <Section title="Rank budgets">
+          <QueryView query={members} label="members">
+            {() => <RankChart data={charts.ranks} />}
+          </QueryView>
+        </Section>
+        <Section title="Bytes uploaded">
+          <QueryView query={updates} label="updates">
+            {() => <BytesChart data={charts.bytes} />}
+          </QueryView>
+        </Section>
+      </div>
+
+      <Section title="Round timeline" actions={live ? <span className="live">polling every 2 s</span> : undefined}>
+        <QueryView query={rounds} label="rounds">
+          {(d) => <Timeline rounds={d.data} tasks={tasks.data?.data ?? []} names={names} />}
+        </QueryView>
+      </Section>
+
+      <Section title="Members">
+        {f.status !== "completed" && f.status !== "cancelled" && (
+          <AddMember id={id} taken={new Set((members.data?.data ?? []).map((m) => m.client_id))} />
+        )}
+        <QueryView
+          query={members}
+          label="members"
+          isEmpty={(d) => d.data.length === 0}
+          empty={<Empty title="No members yet">Add clients with a rank budget; they train at most at that rank.</Empty>}
+        >
+          {(d) => (
+            <div className="table-wrap" style={{ marginTop: "0.8rem" }}>
+              <table>
+                <thead>
+                  <tr>
+                    <th scope="col">Client</th>
+                    <th scope="col" className="num">
+                      Rank budget
+                    </th>
+                    <th scope="col" className="num">
+                      ε spent
+                    </th>
+                    <th scope="col">Fingerprint</th>
+                    <th scope="col" className="num">
+                      Examples
+                    </th>
+                    <th scope="col">Active</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {d.data.map((m) => (
+                    <tr key={m.id}>
+                      <td>{nameOf(m.client_id)}</td>
+                      <td className="num">{m.rank_budget}</td>
+                      <td className="num">
+                        {num(m.epsilon_spent)}
+                        {budget != null && <span className="muted"> / {budget}</span>}
+                      </td>
+                      <td>
+                        {m.fingerprint == null ? (
+                          <span className="muted">not reported</span>
+                        ) : m.fingerprint === f.model.fingerprint ? (
+                          <StatusBadge status="completed" />
+                        ) : (
+                          <span className="badge badge-bad">mismatch</span>
+                        )}
+                      </td>
+                      <td className="num">{m.num_examples ?? "—"}</td>
+                      <td>{m.active ? "yes" : "no"}</td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          )}
+        </QueryView>
+      </Section>
+
+      <Section title="Settings">
+        <details>
+          <summary>All settings of this federation</summary>
+          <pre className="mono" style={{ overflowX: "auto" }}>
+            {JSON.stringify(
+              {
+                base_model_id: f.base_model_id,
+                task_type: f.task_type,
+                target_modules: f.target_modules,
+                strategy: f.strategy,
+                strategy_params: f.strategy_params,
+                global_rank: f.global_rank,
+                num_rounds: f.num_rounds,
+                clients_per_round: f.clients_per_round,
+                min_clients: f.min_clients,
+                round_deadline_seconds: f.round_deadline_seconds,
+                training: f.training,
+                dp: f.dp,
+                model_fingerprint: f.model.fingerprint,
+              },
+              null,
+              2,
+            )}
+          </pre>
+        </details>
+        <p className="muted">
+          Created {dateTime(f.created_at)} · started {dateTime(f.started_at)} · finished {dateTime(f.finished_at)} ·{" "}
+          <Link href={`/artifacts?federation=${id}`}>artifacts</Link>
+        </p>
+      </Section>
+    </>
+  );
+}

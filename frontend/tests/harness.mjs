@@ -1,0 +1,70 @@
+// Shared set-up of the browser tests: Debian's Chromium driven by playwright-core (no browser
+// download), a fresh profile per run, screenshots under test-results/ (git-ignored).
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const RESULTS = resolve(here, "../test-results");
+export const BASE_URL = process.env.FEDLORA_UI_URL ?? "http://127.0.0.1:4173";
+export const ADMIN_EMAIL = process.env.FEDLORA_BOOTSTRAP_ADMIN_EMAIL ?? "admin@example.com";
+export const ADMIN_PASSWORD = process.env.FEDLORA_BOOTSTRAP_ADMIN_PASSWORD ?? "admin-password-for-tests";
+/** Set by scripts/frontend-test when a real API answers behind BASE_URL. */
+export const HAS_API = process.env.FEDLORA_UI_HAS_API === "1";
+
+const ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** A new browser context with its own empty profile; call close() when done. */
+export async function openBrowser() {
+  const profile = mkdtempSync(join(tmpdir(), "fedlora-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    headless: true,
+    args: ARGS,
+    viewport: { width: 1360, height: 900 },
+    baseURL: BASE_URL,
+    acceptDownloads: true,
+  });
+  context.setDefaultTimeout(15_000);
+  const page = context.pages()[0] ?? (await context.newPage());
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  return {
+    context,
+    page,
+    /** Uncaught exceptions in the page (a test fails on any). */
+    errors,
+    async close() {
+      await context.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(RESULTS, { recursive: true });
+  await page.screenshot({ path: join(RESULTS, `${name}.png`), fullPage: true });
+}
+
+export async function signIn(page, email = ADMIN_EMAIL, password = ADMIN_PASSWORD) {
+  await page.goto("/");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+}
+
+/** A name unique to this run, so tests never collide with each other's data. */
+export function unique(prefix) {
+  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+}
