@@ -106,7 +106,9 @@ class ContentStore(Protocol):
     def begin_write(self, *, max_bytes: int | None = None) -> ArtifactWriter: ...
     def put_bytes(self, data: Buffer, *, expected_sha256: str | None = None) -> StoredArtifact: ...
     def exists(self, sha256: str) -> bool: ...
-    def iter_chunks(self, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]: ...
+    def iter_chunks(
+        self, sha256: str, chunk_size: int = CHUNK_SIZE, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[bytes]: ...
 
 
 def check_sha256(sha256: str) -> str:
@@ -296,15 +298,23 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactNotFoundError(f"no artifact {sha256}") from None
 
-    def iter_chunks(self, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """Yield the artifact in bounded chunks (for streaming responses)."""
+    def iter_chunks(
+        self, sha256: str, chunk_size: int = CHUNK_SIZE, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[bytes]:
+        """Yield bytes ``[start, stop)`` in bounded chunks (streaming and Range responses)."""
         f = self.open(sha256)  # raises here, before the first chunk, if it is missing
-        return self._chunks(f, chunk_size)
+        f.seek(start)
+        return self._chunks(f, chunk_size, None if stop is None else max(0, stop - start))
 
     @staticmethod
-    def _chunks(f: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    def _chunks(f: BinaryIO, chunk_size: int, left: int | None) -> Iterator[bytes]:
         with f:
-            while chunk := f.read(chunk_size):
+            while left is None or left > 0:
+                chunk = f.read(chunk_size if left is None else min(chunk_size, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def begin_write(self, *, max_bytes: int | None = None) -> ArtifactWriter:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,7 +199,7 @@ def _tensor_info(name: str, entry: object, expected: tuple[int, ...]) -> TensorI
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise UploadRejected(f"tensor {name!r} has invalid data_offsets {offsets!r}")
-    need = int(np.prod(expected, dtype=np.int64)) * _FLOAT_LAYOUT[dtype][0]
+    need = math.prod(expected) * _FLOAT_LAYOUT[dtype][0]
     if offsets[1] - offsets[0] != need:
         raise UploadRejected(
             f"tensor {name!r}: data_offsets {offsets} span {offsets[1] - offsets[0]} bytes but "

@@ -66,6 +66,11 @@ def test_iter_chunks_streams_in_bounded_chunks(store: ArtifactStore) -> None:
     chunks = list(store.iter_chunks(SHA, chunk_size=64 * 1024))
     assert max(len(c) for c in chunks) == 64 * 1024
     assert b"".join(chunks) == DATA
+    ranged = list(store.iter_chunks(SHA, 1000, start=10, stop=2510))
+    assert [len(c) for c in ranged] == [1000, 1000, 500]
+    assert b"".join(ranged) == DATA[10:2510]
+    assert b"".join(store.iter_chunks(SHA, start=len(DATA) - 5)) == DATA[-5:]
+    assert list(store.iter_chunks(SHA, start=5, stop=5)) == []
 
 
 def test_streamed_write_hashes_what_it_counts(store: ArtifactStore) -> None:
