@@ -31,6 +31,7 @@ __all__ = [
     "dense_svd",
     "factored_svd",
     "frobenius_norm_product",
+    "matrix_svd",
     "pad_rank",
     "padded_weighted_sum",
     "resolve_device",
@@ -150,9 +151,14 @@ class FactoredSVD:
 
 def dense_svd(Bc: Tensor, Ac: Tensor, rank: int | None = None) -> FactoredSVD:
     """Reference route: form ``W = Bc @ Ac`` (m x d) and take its thin SVD. Tests/bench only."""
-    m, _, d = _check_pair(Bc, Ac, "dense_svd")
+    _check_pair(Bc, Ac, "dense_svd")
     dt = work_dtype(Bc, Ac)
-    W = Bc.to(dt) @ Ac.to(dt)
+    return matrix_svd(Bc.to(dt) @ Ac.to(dt), rank)
+
+
+def matrix_svd(W: Tensor, rank: int | None = None) -> FactoredSVD:
+    """Thin SVD of a dense ``(..., m, d)`` matrix, keeping ``rank`` singular vectors."""
+    m, d = W.shape[-2:]
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     k = min(rank if rank is not None else min(m, d), m, d)
     return FactoredSVD(U[..., :k], S, Vh[..., :k, :])
@@ -183,6 +189,7 @@ def _check_rank_stack(tensors: Sequence[Tensor], rank: int, rank_dim: int, what:
     if not tensors:
         raise ShapeMismatchError(f"{what}: no tensors")
     ref = list(tensors[0].shape)
+    rank_dim %= len(ref)
     for t in tensors:
         shape = list(t.shape)
         if len(shape) != len(ref) or shape[rank_dim] > rank:

@@ -1,0 +1,184 @@
+"""FSLoRA (METHODS.md §3.2, the intended algorithm): sketching of a global rank-r LoRA.
+
+State: global factors ``B (m x r)``, ``A (r x d)`` at the federation's scale ``s = s(r)`` (``r`` is
+``params.global_rank`` or the federation's global rank), the head, and the server optimizer's
+state under ``opt.<slot>.<key>`` (AdamW: ``exp_avg``, ``exp_avg_sq``; SGD: ``momentum_buffer``)
+with ``meta['step']``.
+
+Round, for each sampled client i with sketch size ``k_i = min(budget, r)``:
+
+1. **One index set per layer per client per round**, shared by B and A: ``I`` of size ``k_i``
+   drawn uniformly without replacement from ``{0..r-1}``, seeded by (federation, seed, round,
+   client, module). It is deterministic, so aggregation recomputes it (and it is sent to the
+   client as :class:`SketchPlan`).
+2. The client trains an ordinary rank-``k_i`` LoRA on ``b = B[:, I]``, ``a = A[I, :]`` with scale
+   ``s r / k_i`` (``lora_alpha = s r``, plain LoRA): ``W0 + s (r/k_i) b a = W0 + s B S_i A`` with
+   ``E[S_i] = I``. No rescaling of B: the sketched model is reproduced exactly.
+3. The client uploads its final ``b``, ``a``; the server forms the negative deltas
+   ``B[:, I] - b`` and ``A[I, :] - a``, scatters them into r-sized buffers, sums over clients and
+   **divides by K** (the number of updates received; not by per-index counts, since the
+   ``r/k_i`` factor already makes the sketch unbiased).
+4. The pseudo-gradients feed one server-optimizer step (``torch.optim.AdamW`` or ``SGD``; SGD
+   at lr 1 is FedAvg of the sketched factor updates). Head tensors follow the same optimizer
+   with pseudo-gradient ``head - sum_i p_i head_i`` (data weights, mask 1).
+
+Not exact with respect to the average of products (FedIT-style cross-terms); it is sketched
+block-coordinate optimisation of one global LoRA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedlora_client.protocol import LoraSpec, SketchPlan, lora_a_key, lora_b_key
+from worker.strategies.adapters import generator
+from worker.strategies.base import (
+    AggregationResult,
+    ClientAssignment,
+    ClientUpdate,
+    Participant,
+    PlanContext,
+    ServerState,
+    spec_with_scaling,
+)
+from worker.strategies.common import data_weights, to_cpu
+from worker.strategies.global_lora import GlobalLoRAStrategy
+from worker.strategies.params import FSLoRAParams
+
+OPT_PREFIX = "opt."
+
+
+def sketch_indices(
+    ctx: PlanContext, client_id: str, module: str, global_rank: int, k: int
+) -> list[int]:
+    """The client's sorted index set for ``module`` this round (uniform, without replacement)."""
+    gen = generator(ctx.federation_id, ctx.seed, "sketch", ctx.round_number, client_id, module)
+    return sorted(torch.randperm(global_rank, generator=gen)[:k].tolist())
+
+
+class FSLoRA(GlobalLoRAStrategy):
+    """Federated sketching LoRA with a server optimizer."""
+
+    name = "fslora"
+    params_model = FSLoRAParams
+    params: FSLoRAParams
+
+    def state_rank(self, ctx: PlanContext) -> int:
+        return self.params.global_rank or ctx.global_rank
+
+    def client_lora(
+        self, state: ServerState, ctx: PlanContext, participant: Participant
+    ) -> LoraSpec:
+        r = self.state_rank(ctx)
+        k = self.client_rank(state, ctx, participant)
+        return spec_with_scaling(k, ctx.scaling(r) * r / k)
+
+    def sketch(self, ctx: PlanContext, participant: Participant, k: int) -> SketchPlan:
+        r = self.state_rank(ctx)
+        return SketchPlan(
+            global_rank=r,
+            indices={
+                m: sketch_indices(ctx, participant.client_id, m, r, k) for m in ctx.model.modules
+            },
+        )
+
+    def plan(self, state: ServerState, ctx: PlanContext) -> dict[str, ClientAssignment]:
+        self.check_state(state, ctx)
+        plans: dict[str, ClientAssignment] = {}
+        for p in ctx.participants:
+            lora = self.client_lora(state, ctx, p)
+            sketch = self.sketch(ctx, p, lora.rank)
+            start: dict[str, Tensor] = {}
+            for module, idx in sketch.indices.items():
+                index = torch.tensor(idx)
+                start[lora_b_key(module)] = state.tensors[lora_b_key(module)][:, index]
+                start[lora_a_key(module)] = state.tensors[lora_a_key(module)][index, :]
+            for key in ctx.model.extra_trainable:
+                start[key] = state.tensors[key]
+            plans[p.client_id] = ClientAssignment(
+                client_id=p.client_id,
+                lora=lora,
+                start=to_cpu(start),
+                start_lora=lora,
+                sketch=sketch,
+            )
+        return plans
+
+    def pseudo_gradients(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> dict[str, Tensor]:
+        """``g = (1/K) sum_i scatter(start_i - final_i)`` per factor; heads ``head - avg``."""
+        dev, K = self.device, len(updates)
+        grads = {
+            k: torch.zeros_like(state.tensors[k], device=dev, dtype=torch.float32)
+            for m in ctx.model.modules
+            for k in (lora_a_key(m), lora_b_key(m))
+        }
+        for u in updates:
+            sketch = self.sketch(ctx, ctx.participant(u.client_id), u.lora.rank)
+            for module, idx in sketch.indices.items():
+                ka, kb = lora_a_key(module), lora_b_key(module)
+                index = torch.tensor(idx, device=dev)
+                dB = state.tensors[kb].to(dev)[:, index] - u.tensors[kb].to(dev, torch.float32)
+                dA = state.tensors[ka].to(dev)[index, :] - u.tensors[ka].to(dev, torch.float32)
+                grads[kb].index_add_(1, index, dB, alpha=1.0 / K)
+                grads[ka].index_add_(0, index, dA, alpha=1.0 / K)
+        p = data_weights(updates)
+        for key in ctx.model.extra_trainable:
+            avg = sum(
+                pi * u.tensors[key].to(dev, torch.float32) for pi, u in zip(p, updates, strict=True)
+            )
+            grads[key] = state.tensors[key].to(dev, torch.float32) - avg
+        return grads
+
+    def _optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        hp = self.params
+        if hp.server_optimizer == "adamw":
+            return torch.optim.AdamW(
+                params, lr=hp.server_lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay
+            )
+        return torch.optim.SGD(
+            params, lr=hp.server_lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+        )
+
+    def _aggregate(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> AggregationResult:
+        grads = self.pseudo_gradients(state, ctx, updates)
+        keys = sorted(grads)
+        params = [state.tensors[k].to(self.device, torch.float32).clone() for k in keys]
+        for param, key in zip(params, keys, strict=True):
+            param.grad = grads[key]
+        opt = self._optimizer(params)
+        step = int(state.meta.get("step", 0))
+        slots: tuple[str, ...] = ()
+        if self.params.server_optimizer == "adamw":
+            slots = ("exp_avg", "exp_avg_sq")
+        elif self.params.momentum > 0:
+            slots = ("momentum_buffer",)
+        if step and slots:
+            saved: dict[int, dict[str, Any]] = {}
+            for i, key in enumerate(keys):
+                entry: dict[str, Any] = {s: state.tensors[f"{OPT_PREFIX}{s}.{key}"] for s in slots}
+                if self.params.server_optimizer == "adamw":
+                    entry["step"] = torch.tensor(float(step))
+                saved[i] = entry
+            opt.load_state_dict({"state": saved, "param_groups": opt.state_dict()["param_groups"]})
+        opt.step()
+        extra = {
+            f"{OPT_PREFIX}{s}.{key}": opt.state[param][s]
+            for param, key in zip(params, keys, strict=True)
+            for s in slots
+        }
+        new = {key: param.detach() for param, key in zip(params, keys, strict=True)}
+        return self.publish(
+            ctx,
+            new,
+            meta={"step": step + 1, "optimizer": self.params.server_optimizer},
+            metrics={"num_updates": float(len(updates))},
+            extra_state=extra,
+        )

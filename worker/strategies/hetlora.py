@@ -1,0 +1,119 @@
+"""HetLoRA (METHODS.md §5.2): truncation, norm-weighted zero-padded averaging, self-pruning.
+
+State: the global factors at ``G = r_max`` (the federation's global rank, scale ``s(G)``), the
+head, and in ``meta``: ``ranks`` (client id -> pruned rank) and ``tails`` (client id ->
+``[rank, tail norm]`` of its last upload).
+
+Round: client i gets the truncation ``B[:, :r_i]``, ``A[:r_i]`` (``s_g / s_i`` put back into B)
+with ``r_i = min(budget, G, pruned rank)``. The server zero-pads every ``(s_i / s_g) B_i`` and
+``A_i`` to G and averages them with the sparsity weights ``w_i = ||s_i B_i A_i||_F /
+sum_k ||s_k B_k A_k||_F``, computed without dense matrices (``trace((B^T B)(A A^T))``).
+
+Project decisions:
+
+* Norm weights are computed **per module** (each layer is aggregated on its own). If every
+  norm of a module is zero (e.g. B still zero), data weights are used for it.
+* Self-pruning is decided on the server from the uploaded factors: with ``k = floor(gamma r_i)``
+  the tail norm ``sum_modules ||B_i[:, k:]||_F ||A_i[k:, :]||_F`` is compared with the client's
+  previous tail at the same rank; if it decreased, the client's rank becomes
+  ``max(min_rank, k)`` from the next round on. The client-side regularizer
+  ``lambda ||B_tail|| ||A_tail||`` (``prune_lambda``) is the client's business; TrainingPlan v1
+  has no field for it.
+* Known biases (by design of the method): the FedIT cross-term and tail dilution (column j is
+  scaled by ``sum_{i: r_i > j} w_i < 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from fedlora_client.protocol import lora_a_key, lora_b_key
+from worker.linalg import frobenius_norm_product
+from worker.strategies.base import (
+    AggregationResult,
+    ClientUpdate,
+    Participant,
+    PlanContext,
+    ServerState,
+)
+from worker.strategies.common import average_heads, data_weights
+from worker.strategies.fedavg import zero_pad_aggregate
+from worker.strategies.global_lora import GlobalLoRAStrategy
+from worker.strategies.params import HetLoRAParams
+
+
+class HetLoRA(GlobalLoRAStrategy):
+    """HetLoRA with sparsity-weighted aggregation and optional rank self-pruning."""
+
+    name = "hetlora"
+    params_model = HetLoRAParams
+    params: HetLoRAParams
+
+    def client_rank(self, state: ServerState, ctx: PlanContext, participant: Participant) -> int:
+        rank = min(participant.rank_budget, self.state_rank(ctx))
+        pruned = state.meta.get("ranks", {}).get(participant.client_id)
+        return rank if pruned is None else min(rank, int(pruned))
+
+    def norm_weights(
+        self, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> dict[str, list[float]]:
+        """Per module: ``w_i = ||s_i B_i A_i||_F / sum_k ||s_k B_k A_k||_F``."""
+        out: dict[str, list[float]] = {}
+        fallback = data_weights(updates)
+        for module in sorted(ctx.model.modules):
+            ka, kb = lora_a_key(module), lora_b_key(module)
+            norms = [
+                u.lora.scaling
+                * float(frobenius_norm_product(u.tensors[kb].to(self.device), u.tensors[ka]))
+                for u in updates
+            ]
+            total = sum(norms)
+            out[module] = [n / total for n in norms] if total > 0 else fallback
+        return out
+
+    def tail_norm(self, ctx: PlanContext, update: ClientUpdate, keep: int) -> float:
+        """``sum_modules ||B[:, keep:]||_F ||A[keep:, :]||_F`` of an update."""
+        total = 0.0
+        for module in ctx.model.modules:
+            B = update.tensors[lora_b_key(module)][:, keep:]
+            A = update.tensors[lora_a_key(module)][keep:, :]
+            total += float(torch.linalg.matrix_norm(B.float())) * float(
+                torch.linalg.matrix_norm(A.float())
+            )
+        return total
+
+    def prune(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> tuple[dict[str, int], dict[str, list[float]]]:
+        ranks: dict[str, int] = dict(state.meta.get("ranks", {}))
+        tails: dict[str, list[float]] = dict(state.meta.get("tails", {}))
+        if not self.params.self_pruning:
+            return ranks, tails
+        for u in updates:
+            r = u.lora.rank
+            keep = max(self.params.min_rank, math.floor(self.params.prune_gamma * r))
+            if keep >= r:
+                continue
+            tail = self.tail_norm(ctx, u, keep)
+            previous = tails.get(u.client_id)
+            if previous is not None and int(previous[0]) == r and tail < previous[1]:
+                ranks[u.client_id] = keep
+            tails[u.client_id] = [float(r), tail]
+        return ranks, tails
+
+    def _aggregate(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> AggregationResult:
+        weights = self.norm_weights(ctx, updates)
+        factors = zero_pad_aggregate(self, ctx, updates, weights)
+        heads = average_heads(ctx.model, updates, data_weights(updates))
+        ranks, tails = self.prune(state, ctx, updates)
+        return self.publish(
+            ctx,
+            factors | heads,
+            meta={"ranks": ranks, "tails": tails},
+            metrics={"num_updates": float(len(updates)), "pruned_clients": float(len(ranks))},
+        )

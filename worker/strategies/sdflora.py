@@ -1,0 +1,188 @@
+"""SDFLoRA (METHODS.md §2.4): shared + private LoRA, stacking and re-compression of the shared.
+
+State: the compressed shared module at the shared rank budget ``r_s`` (``shared_rank``, default
+the federation's global rank) with a **balanced** split at scale ``s(r_s)``:
+``B^s = U Sigma^1/2 / sqrt(s(r_s))``, ``A^s = Sigma^1/2 V^T / sqrt(s(r_s))``; plus the head.
+
+Round:
+
+1. Client i's budget ``r_i = min(budget, G)`` is split into a private rank ``r_i^p`` (explicit
+   ``private_rank`` or ``round(private_rank_fraction * r_i)``, leaving a shared rank >= 1) and a
+   shared rank ``r_i^s = min(r_i - r_i^p, r_s)``; the private module absorbs what the cap
+   removes, so ``r_i^s + r_i^p = r_i``. The client receives the rank-``r_i^s`` prefix of the
+   shared module (sorted by singular value; ``sqrt(s(r_s) / s(r_i^s))`` on each factor) and a
+   :class:`PrivateModule` spec. It keeps its private factors on disk across rounds.
+2. The plan's ``lora`` (what is trained *and uploaded*) is the shared module only, so
+   ``TrainingPlan.upload_shapes`` never lists private tensors; an upload holding private-module
+   tensors is rejected with :class:`PrivateModuleUploadError`.
+3. The server stacks ``Bc = [p_i s_i B_i^s]``, ``Ac = [A_i^s]`` (exact: ``Bc Ac = sum p_i s_i
+   B_i^s A_i^s``) and re-compresses to rank ``r_s`` with the factored SVD (§6.1), batched per shape.
+
+DP (project decision): variant ``local`` (L, default): the client SDK clips and noises the
+shared module's gradients only. Variant ``server`` (S): the plan tells the client not to add
+noise (``client_dp=False``); the server clips each client's shared *update* (its final product
+minus its start product, Frobenius norm over all layers, computed factored) to ``C``, averages,
+adds Gaussian noise of std ``sigma * C * max_i p_i`` (``sigma C / K`` for uniform weights) to
+the dense aggregate **before** re-compression (so the truncation is post-processing), drawn
+from OS randomness. Variant S therefore forms one dense ``m x d`` matrix per layer (Gaussian
+noise is full-rank) and takes a dense SVD. Soundness caveat (§2.4): variant L is not a formal
+sample-level guarantee for the shared factors when the private module trains on the same data
+without DP; use variant S with a trusted aggregator, or DP on both modules.
+
+The shared module is persistent across rounds (the "fixed rank budget" reading of §2.4, step 6).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedlora_client.protocol import LoraSpec, PrivateModule, lora_a_key, lora_b_key
+from worker.linalg import FactoredSVD, factored_svd, frobenius_norm_product, matrix_svd
+from worker.strategies import errors
+from worker.strategies.adapters import generator
+from worker.strategies.base import (
+    AggregationResult,
+    ClientAssignment,
+    ClientUpdate,
+    Participant,
+    PlanContext,
+    ServerState,
+)
+from worker.strategies.common import average_heads, data_weights, refill_dead_components
+from worker.strategies.common import shape_groups as _groups
+from worker.strategies.flexlora import stack_group
+from worker.strategies.global_lora import GlobalLoRAStrategy
+from worker.strategies.params import SDFLoRAParams
+
+PRIVATE_MARKERS = (".private.", "_private", "private_")
+"""Key fragments that identify private-module tensors (PEFT adapter name ``private``)."""
+
+
+class SDFLoRA(GlobalLoRAStrategy):
+    """Shared/private decoupling with stacking and low-rank re-compression of the shared module."""
+
+    name = "sdflora"
+    params_model = SDFLoRAParams
+    params: SDFLoRAParams
+
+    def state_rank(self, ctx: PlanContext) -> int:
+        return self.params.shared_rank or ctx.global_rank
+
+    def split_ranks(self, ctx: PlanContext, participant: Participant) -> tuple[int, int]:
+        """``(shared rank r_i^s, private rank r_i^p)`` with ``r_i^s + r_i^p = r_i``."""
+        total = min(participant.rank_budget, ctx.global_rank)
+        if self.params.private_rank is not None:
+            private = self.params.private_rank
+        else:
+            private = round(self.params.private_rank_fraction * total)
+        private = min(private, total - 1)
+        shared = min(total - private, self.state_rank(ctx))
+        return shared, total - shared
+
+    def client_rank(self, state: ServerState, ctx: PlanContext, participant: Participant) -> int:
+        return self.split_ranks(ctx, participant)[0]
+
+    def plan(self, state: ServerState, ctx: PlanContext) -> dict[str, ClientAssignment]:
+        self.check_state(state, ctx)
+        if not ctx.participants:
+            raise errors.PlanError("no participants to plan")
+        plans: dict[str, ClientAssignment] = {}
+        for p in ctx.participants:
+            lora = self.client_lora(state, ctx, p)
+            plans[p.client_id] = ClientAssignment(
+                client_id=p.client_id,
+                lora=lora,
+                start=self.start_tensors(state, ctx, lora.rank, lora.scaling, split="balanced"),
+                start_lora=lora,
+                **self.plan_extras(state, ctx, p),
+            )
+        return plans
+
+    def plan_extras(
+        self, state: ServerState, ctx: PlanContext, participant: Participant
+    ) -> dict[str, Any]:
+        private_rank = self.split_ranks(ctx, participant)[1]
+        private = PrivateModule(lora=ctx.lora_spec(private_rank)) if private_rank else None
+        return {"private": private, "client_dp": self.params.dp_variant == "local"}
+
+    def validate_updates(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> None:
+        for u in updates:
+            leaked = sorted(k for k in u.tensors if any(m in k for m in PRIVATE_MARKERS))
+            if leaked:
+                raise errors.PrivateModuleUploadError(
+                    f"private-module tensors must never be uploaded: {leaked[:3]}",
+                    client_id=u.client_id,
+                )
+        super().validate_updates(state, ctx, updates)
+
+    def _client_factors(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> list[tuple[float, dict[str, Tensor]]]:
+        """``(coefficient, tensors)`` blocks whose stacked product is the (clipped) aggregate."""
+        p = data_weights(updates, self.params.weighting)
+        blocks = [(pi * u.lora.scaling, u.tensors) for pi, u in zip(p, updates, strict=True)]
+        if self.params.dp_variant == "local":
+            return blocks
+        clip = self.params.server_clip_norm
+        out: list[tuple[float, dict[str, Tensor]]] = []
+        for pi, u in zip(p, updates, strict=True):
+            lora: LoraSpec = u.lora
+            start = self.start_tensors(state, ctx, lora.rank, lora.scaling, split="balanced")
+            sq = 0.0
+            for module in ctx.model.modules:
+                ka, kb = lora_a_key(module), lora_b_key(module)
+                Bd = torch.cat([u.tensors[kb].float(), -start[kb]], dim=-1) * lora.scaling
+                Ad = torch.cat([u.tensors[ka].float(), start[ka]], dim=-2)
+                sq += float(frobenius_norm_product(Bd.to(self.device), Ad.to(self.device))) ** 2
+            c = min(1.0, clip / max(math.sqrt(sq), 1e-30))
+            # p_i (start + c (final - start)) = p_i c final + p_i (1 - c) start
+            out.append((pi * c * lora.scaling, u.tensors))
+            if c < 1.0:
+                out.append((pi * (1.0 - c) * lora.scaling, start))
+        return out
+
+    def _compress(self, Bc: Tensor, Ac: Tensor, rank: int, noise_std: float) -> FactoredSVD:
+        if self.params.dp_variant == "local":
+            return factored_svd(Bc, Ac, rank)
+        gen = torch.Generator(device=Bc.device)
+        gen.manual_seed(secrets.randbits(63))
+        W = Bc @ Ac
+        W += torch.randn(W.shape, generator=gen, device=W.device, dtype=W.dtype) * noise_std
+        return matrix_svd(W, rank)
+
+    def _aggregate(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> AggregationResult:
+        rank = self.state_rank(ctx)
+        blocks = self._client_factors(state, ctx, updates)
+        p = data_weights(updates, self.params.weighting)
+        noise_std = self.params.server_noise_multiplier * self.params.server_clip_norm * max(p)
+        out: dict[str, Tensor] = {}
+        tails: list[float] = []
+        for modules in _groups(ctx.model).values():
+            Bc, Ac = stack_group(modules, blocks, self.device)
+            svd = self._compress(Bc, Ac, rank, noise_std)
+            B, A = svd.factors(rank, ctx.scaling(rank), "balanced")
+            tails.extend(svd.tail_ratio(rank).tolist())
+            gen = generator(ctx.federation_id, ctx.seed, "refill", ctx.round_number, modules[0])
+            B, A = refill_dead_components(B, A, gen)
+            for layer, module in enumerate(modules):
+                out[lora_b_key(module)], out[lora_a_key(module)] = B[layer], A[layer]
+        heads = average_heads(ctx.model, updates, data_weights(updates))
+        metrics = {
+            "num_updates": float(len(updates)),
+            "truncation_rel_error": sum(tails) / len(tails),
+        }
+        if self.params.dp_variant == "server":
+            metrics["server_noise_std"] = noise_std
+        return self.publish(
+            ctx, out | heads, meta={"dp_variant": self.params.dp_variant}, metrics=metrics
+        )
