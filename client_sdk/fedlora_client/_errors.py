@@ -147,7 +147,9 @@ class UnprocessableError(ServerError):
 
 
 class RateLimitedError(ServerError):
-    """429."""
+    """429. ``retry_after``: seconds the server asked to wait, if it said."""
+
+    retry_after: float | None = None
 
 
 class ServerUnavailableError(ServerError):

@@ -1,0 +1,247 @@
+"""``Participant``: one organization's side of a federation, from task to accepted update.
+
+High level: :meth:`Participant.run` (or :func:`run`) long-polls, checks the fingerprint, trains
+the plan with DP, uploads and reports, round after round. Lower level, for your own training
+loop: :meth:`next_task`, :meth:`start_model` (the starting adapter as a PEFT model, merged and
+with the private module as the plan says), :meth:`train` and :meth:`submit_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from fedlora_client import protocol as p
+from fedlora_client._accounting import AccountantName, LedgerEntry, PrivacyLedger
+from fedlora_client._adapters import TRAINED, adapter_tensors, build_peft_model
+from fedlora_client._client import FedloraClient
+from fedlora_client._data import DataFields, DataSource, EncodedData, encode_data
+from fedlora_client._errors import (
+    FingerprintMismatchError,
+    NotFoundError,
+    PrivacyBudgetExceededError,
+    PrivacyError,
+)
+from fedlora_client._model import load_base_model, load_tokenizer, model_fingerprint
+from fedlora_client._privacy import privatize_update, resolve_noise_multiplier, secure_generator
+from fedlora_client._training import RoundResult, train_round
+
+log = logging.getLogger("fedlora_client")
+
+
+def num_labels_of(plan: p.TrainingPlan) -> int:
+    """Classes of a seq-cls plan: the first dimension of the head's weight."""
+    for key, shape in plan.model.extra_trainable.items():
+        if key.endswith(".weight"):
+            return int(shape[0])
+    return 2
+
+
+class Participant:
+    """A local base model + local data, taking part through a :class:`FedloraClient`."""
+
+    def __init__(
+        self,
+        client: FedloraClient,
+        model_path: str | Path,
+        data: DataSource,
+        *,
+        fields: DataFields | None = None,
+        device: str = "cpu",
+        epsilon_budget: float | None = None,
+        accountant: AccountantName = "rdp",
+        progress: bool = True,
+        noise_seed: int | None = None,
+    ) -> None:
+        self.client = client
+        self.model_path = Path(model_path)
+        self.data = data
+        self.fields = fields or DataFields()
+        self.device = device
+        self.epsilon_budget = epsilon_budget
+        self.accountant: AccountantName = accountant
+        self.progress = progress
+        self.noise_seed = noise_seed
+        self.ledger = PrivacyLedger(client.state_dir / "privacy_ledger.json")
+        self._fingerprint: str | None = None
+        self._encoded: dict[tuple[str, int], EncodedData] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model_path)
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ membership and tasks
+
+    def check_memberships(self) -> list[p.MembershipInfo]:
+        """Report the local fingerprint to every federation; raise if one expects another model."""
+        memberships = self.client.memberships()
+        for membership in memberships:
+            if membership.model.fingerprint != self.fingerprint:
+                raise FingerprintMismatchError(self.fingerprint, membership.model.fingerprint)
+            if membership.fingerprint_reported != self.fingerprint:
+                self.client.report_fingerprint(membership.federation_id, self.fingerprint)
+        return memberships
+
+    def next_task(self, wait: float = 30.0) -> p.TaskAssignment | None:
+        return self.client.next_task(wait)
+
+    def _artifact(self, task: p.TaskAssignment, kind: str, ref: p.ArtifactRef) -> Any:
+        dest = self.client.state_dir / "artifacts" / f"{ref.sha256}.safetensors"
+        if not dest.is_file():
+            self.client.download(task.task_id, kind, ref, dest)  # type: ignore[arg-type]
+        return load_file(str(dest))
+
+    def _private_path(self, task: p.TaskAssignment) -> Path:
+        return self.client.state_dir / "private" / f"{task.federation_id}.safetensors"
+
+    def start_model(self, task: p.TaskAssignment) -> Any:
+        """The PEFT model the plan trains: base (+ FLoRA merge) + start LoRA (+ private LoRA)."""
+        plan = task.plan
+        if plan.model.fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(self.fingerprint, plan.model.fingerprint)
+        start = self._artifact(task, "start", plan.start)
+        merge = self._artifact(task, "merge", plan.merge) if plan.merge is not None else None
+        private_path = self._private_path(task)
+        private = load_file(str(private_path)) if private_path.is_file() else None
+        base = load_base_model(
+            self.model_path, plan.task_type, num_labels=num_labels_of(plan), device=self.device
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed)  # fresh private init is reproducible per plan
+            model = build_peft_model(base, plan, start, merge=merge, private=private)
+        model.fedlora_start = adapter_tensors(model, TRAINED)  # for submit_model's update
+        return model
+
+    def encoded_data(self, plan: p.TrainingPlan) -> EncodedData:
+        key = (plan.task_type.value, plan.training.max_seq_len)
+        if key not in self._encoded:
+            tokenizer = load_tokenizer(self.model_path)
+            self._encoded[key] = encode_data(
+                self.data,
+                plan.task_type,
+                tokenizer,
+                max_seq_len=plan.training.max_seq_len,
+                fields=self.fields,
+                num_labels=num_labels_of(plan),
+            )
+        return self._encoded[key]
+
+    # ------------------------------------------------------------------ privacy budget
+
+    def _ledger_entry(self, task: p.TaskAssignment, n: int) -> LedgerEntry | None:
+        dp, t = task.plan.dp, task.plan.training
+        if dp.mode is p.DPMode.NONE:
+            return None
+        rate = min(1.0, t.batch_size / n)
+        sigma = resolve_noise_multiplier(
+            dp, sampling_rate=rate, steps=t.steps, accountant=self.accountant
+        )
+        if dp.mode is p.DPMode.SAMPLE:
+            return LedgerEntry(task.task_id, "sample", sigma, rate, t.steps)
+        return LedgerEntry(task.task_id, "client", sigma, 1.0, 1)
+
+    def check_budget(self, task: p.TaskAssignment, n: int) -> tuple[LedgerEntry | None, float]:
+        """(ledger entry, epsilon this task adds); raises if it would exceed the budget."""
+        entry = self._ledger_entry(task, n)
+        if entry is None:
+            return None, 0.0
+        dp = task.plan.dp
+        before, after = self.ledger.with_entry(task.federation_id, entry, dp.delta, self.accountant)
+        budget = min(dp.epsilon_budget, self.epsilon_budget or dp.epsilon_budget)
+        if after > budget:
+            raise PrivacyBudgetExceededError(before, after - before, budget)
+        return entry, after - before
+
+    # ------------------------------------------------------------------ train and submit
+
+    def train(self, task: p.TaskAssignment, model: Any | None = None) -> RoundResult:
+        """Check the budget, then run the plan's local round with DP (SDK training loop)."""
+        data = self.encoded_data(task.plan)
+        entry, epsilon = self.check_budget(task, len(data))
+        model = model if model is not None else self.start_model(task)
+        result = train_round(
+            model,
+            task.plan,
+            data,
+            progress=self.progress,
+            noise_seed=self.noise_seed,
+            accountant=self.accountant,
+        )
+        if result.private is not None:
+            path = self._private_path(task)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_bytes = save(result.private, metadata={"format": "pt"})
+            path.write_bytes(save_bytes)
+        result.extra.update(ledger_entry=entry, epsilon=epsilon, num_examples=len(data))
+        return result
+
+    def submit(self, task: p.TaskAssignment, result: RoundResult) -> p.UploadSession:
+        """Record the privacy spend, stage the upload on disk, send it, report metrics."""
+        entry: LedgerEntry | None = result.extra.get("ledger_entry")
+        epsilon = float(result.extra.get("epsilon", 0.0))
+        num_examples = int(result.extra.get("num_examples", 1))
+        body = save(result.tensors, metadata={"format": "pt"})
+
+        manifest = p.UploadManifest(
+            task_id=task.task_id,
+            base_model_fingerprint=self.fingerprint,
+            lora=task.plan.lora,
+            sha256=hashlib.sha256(body).hexdigest(),
+            size=len(body),
+            num_examples=max(1, num_examples),
+            metrics={k: v for k, v in result.metrics.items() if v == v},  # drop NaN
+            epsilon_spent=epsilon,
+        )
+        if entry is not None:  # counted before the first byte leaves the machine
+            self.ledger.record(task.federation_id, entry)
+        self.client.stage_upload(manifest, body)
+        session = self.client.upload(task.task_id)
+        metrics = {**manifest.metrics, "epsilon": epsilon}
+        try:
+            self.client.report(task.task_id, metrics)
+        except NotFoundError:
+            log.warning("task %s: report route not available; update accepted", task.task_id)
+        return session
+
+    def submit_model(
+        self, task: p.TaskAssignment, model: Any, *, num_examples: int, metrics: dict[str, float]
+    ) -> p.UploadSession:
+        """Upload a PEFT model you trained yourself (client-level DP is applied here).
+
+        Sample-level DP cannot be added after training: with a ``sample`` plan, train with
+        :meth:`train` instead.
+        """
+        plan = task.plan
+        if plan.dp.mode is p.DPMode.SAMPLE:
+            raise PrivacyError(
+                "this federation uses sample-level DP, which must be applied during training: "
+                "use Participant.train(task, model) instead of your own loop"
+            )
+        final = adapter_tensors(model, TRAINED)
+        entry, epsilon = self.check_budget(task, num_examples)
+        if entry is not None:
+            start = getattr(model, "fedlora_start", None)
+            if start is None:
+                raise PrivacyError("submit_model needs a model from Participant.start_model")
+            final = privatize_update(
+                start,
+                final,
+                clip_norm=plan.dp.clip_norm,
+                noise_multiplier=entry.noise_multiplier,
+                generator=secure_generator(self.noise_seed),
+            )
+        result = RoundResult(
+            {k: final[k].contiguous() for k in plan.upload_shapes()},
+            dict(metrics),
+            entry.noise_multiplier if entry else 0.0,
+            1.0,
+        )
+        result.extra.update(ledger_entry=entry, epsilon=epsilon, num_examples=num_examples)
+        return self.submit(task, result)

@@ -1,0 +1,124 @@
+"""The participation loop: resume staged uploads, poll, train with DP, upload, report, repeat."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from fedlora_client import protocol as p
+from fedlora_client._client import FedloraClient
+from fedlora_client._config import ClientConfig
+from fedlora_client._errors import ConflictError, NotFoundError, PrivacyBudgetExceededError
+from fedlora_client._participant import Participant
+
+log = logging.getLogger("fedlora_client")
+Event = Callable[[str, dict[str, object]], None]
+
+
+def _quiet(kind: str, info: dict[str, object]) -> None:
+    log.info("%s %s", kind, info)
+
+
+def resume_pending(participant: Participant, on_event: Event = _quiet) -> int:
+    """Finish uploads staged by an earlier (interrupted) run; returns how many were sent."""
+    sent = 0
+    for task_id in participant.client.pending_uploads():
+        try:
+            session = participant.client.upload(task_id)
+        except (NotFoundError, ConflictError) as exc:
+            on_event("upload_dropped", {"task_id": task_id, "reason": str(exc)})
+            participant.client.discard_upload(task_id)
+            continue
+        on_event("uploaded", {"task_id": task_id, "update_id": session.update_id, "resumed": True})
+        sent += 1
+    return sent
+
+
+def run_once(
+    participant: Participant, *, wait: float = 30.0, on_event: Event = _quiet
+) -> p.UploadSession | None:
+    """Take one task if there is one: train, upload, report. None when no task came."""
+    task = participant.next_task(wait)
+    if task is None:
+        on_event("idle", {"wait": wait})
+        return None
+    plan = task.plan
+    on_event(
+        "task",
+        {
+            "task_id": task.task_id,
+            "round": task.round_number,
+            "strategy": plan.strategy,
+            "rank": plan.lora.rank,
+            "dp": plan.dp.mode.value,
+        },
+    )
+    result = participant.train(task)
+    on_event("trained", {"task_id": task.task_id, **result.metrics, **_eps(result.extra)})
+    session = participant.submit(task, result)
+    on_event("uploaded", {"task_id": task.task_id, "update_id": session.update_id})
+    return session
+
+
+def _eps(extra: dict[str, object]) -> dict[str, object]:
+    return {"epsilon": extra.get("epsilon", 0.0)}
+
+
+def participate(
+    participant: Participant,
+    *,
+    wait: float = 30.0,
+    max_rounds: int = 0,
+    stop_when_idle: bool = False,
+    on_event: Event = _quiet,
+) -> int:
+    """Loop :func:`run_once`; returns the number of updates accepted."""
+    participant.check_memberships()
+    done = resume_pending(participant, on_event)
+    while max_rounds == 0 or done < max_rounds:
+        try:
+            session = run_once(participant, wait=wait, on_event=on_event)
+        except PrivacyBudgetExceededError as exc:
+            on_event("refused", {"reason": str(exc)})
+            raise
+        if session is None:
+            if stop_when_idle:
+                break
+            continue
+        done += 1
+    return done
+
+
+def run(
+    config: ClientConfig | str | Path,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    progress: bool = True,
+    on_event: Event = _quiet,
+) -> int:
+    """Participate as ``client.toml`` says (enroll first). Returns updates accepted."""
+    cfg = config if isinstance(config, ClientConfig) else ClientConfig.load(config)
+    client = FedloraClient.from_file(
+        cfg.credentials_path, state_dir=cfg.state_dir, transport=transport
+    )
+    with client:
+        participant = Participant(
+            client,
+            cfg.model.path,
+            cfg.data.path,
+            fields=cfg.data.fields(),
+            device=cfg.model.device,
+            epsilon_budget=cfg.privacy.epsilon_budget,
+            accountant=cfg.privacy.accountant,
+            progress=progress,
+        )
+        return participate(
+            participant,
+            wait=cfg.run.wait_seconds,
+            max_rounds=cfg.run.max_rounds,
+            stop_when_idle=cfg.run.stop_when_idle,
+            on_event=on_event,
+        )
