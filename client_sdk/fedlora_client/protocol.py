@@ -252,6 +252,12 @@ class TrainingPlan(BaseModel):
     base_model_id: str
     model: ModelSpec
     lora: LoraSpec = Field(description="The LoRA the client trains and uploads.")
+    rank_budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="The client's rank budget this plan was made for (SDFLoRA splits it into "
+        "shared + private; other methods train min(budget, global rank)).",
+    )
     start: ArtifactRef = Field(description="Factors (and head) the trained LoRA starts from.")
     merge: ArtifactRef | None = Field(
         default=None,
