@@ -189,6 +189,15 @@ class LocalTraining(BaseModel):
     optimizer: Literal["sgd", "adamw"] = Field(default="adamw", description="Client optimizer.")
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     max_seq_len: int = Field(default=128, ge=8, le=32_768, description="Token truncation.")
+    lora_alpha: float = Field(
+        default=16.0,
+        gt=0,
+        le=65_536,
+        description="LoRA alpha of the federation's scale convention s(r) = alpha / r "
+        "(or alpha / sqrt(r) with rsLoRA); strategies derive each client's scale from it.",
+    )
+    use_rslora: bool = Field(default=False, description="rsLoRA scaling alpha / sqrt(r).")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
 
 
 class DPSettings(BaseModel):
