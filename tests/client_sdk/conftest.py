@@ -18,7 +18,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 METHODS = ("fedavg", "hetlora", "flora", "flexlora", "fslora", "sdflora", "prelort")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def minilm_path() -> Path:
@@ -169,7 +174,9 @@ def membership(spec: p.ModelSpec, task_type: p.TaskType, fid: str = "f1") -> p.M
 
 def cls_records(n: int = 24) -> list[dict[str, object]]:
     words = ["good", "great", "bad", "awful", "fine", "poor"]
-    return [{"text": f"this is {words[i % 6]} number {i}", "label": int(i % 6 < 2)} for i in range(n)]
+    return [
+        {"text": f"this is {words[i % 6]} number {i}", "label": int(i % 6 < 2)} for i in range(n)
+    ]
 
 
 def lm_records(n: int = 24) -> list[dict[str, object]]:

@@ -128,7 +128,9 @@ class FakeServer:
             return httpx.Response(200, json=self.uploads[self.by_key[key]].session().model_dump())
         if task_id in {u.task_id for u in self.uploads.values()}:
             return httpx.Response(409, json={"detail": "task already has an upload"})
-        upload = Upload(str(uuid.uuid4()), task_id, p.UploadManifest.model_validate_json(request.content))
+        upload = Upload(
+            str(uuid.uuid4()), task_id, p.UploadManifest.model_validate_json(request.content)
+        )
         self.uploads[upload.upload_id] = upload
         self.by_key[key] = upload.upload_id
         return httpx.Response(201, json=upload.session().model_dump())

@@ -102,7 +102,9 @@ def test_data_errors_name_the_problem(tmp_path: Path, minilm: Path) -> None:
     with pytest.raises(DataError, match="label_names"):
         encode_data([{"text": "x", "label": "pos"}], "seq_cls", tokenizer, max_seq_len=16)
     fields = DataFields(label_names=["neg", "pos"])
-    data = encode_data([{"text": "x", "label": "pos"}], "seq_cls", tokenizer, max_seq_len=16, fields=fields)
+    data = encode_data(
+        [{"text": "x", "label": "pos"}], "seq_cls", tokenizer, max_seq_len=16, fields=fields
+    )
     assert data.targets == [1]
     with pytest.raises(DataError, match="outside"):
         encode_data([{"text": "x", "label": 5}], "seq_cls", tokenizer, max_seq_len=16)
@@ -110,13 +112,15 @@ def test_data_errors_name_the_problem(tmp_path: Path, minilm: Path) -> None:
 
 def test_datasets_like_objects_are_accepted() -> None:
     class FakeDataset:  # the part of datasets.Dataset the reader uses
-        column_names = ["text", "label"]
+        column_names = ("text", "label")
 
         def __iter__(self):  # type: ignore[no-untyped-def]
             return iter([{"text": "a", "label": 0}])
 
     records, columns, source = load_records(FakeDataset())
-    assert records == [{"text": "a", "label": 0}] and source == "datasets.Dataset"
+    assert records == [{"text": "a", "label": 0}]
+    assert columns == ["text", "label"]
+    assert source == "datasets.Dataset"
 
 
 def test_causal_lm_masks_the_prompt(tiny_llama: Path) -> None:
@@ -127,7 +131,9 @@ def test_causal_lm_masks_the_prompt(tiny_llama: Path) -> None:
     prompt_len = len(tokenizer("hello there")["input_ids"])
     assert (batch["labels"][0, :prompt_len] == IGNORE_INDEX).all()
     assert (batch["labels"][0, prompt_len:] != IGNORE_INDEX).all()
-    text = encode_data([{"text": "one two"}, {"text": "three"}], "causal_lm", tokenizer, max_seq_len=32)
+    text = encode_data(
+        [{"text": "one two"}, {"text": "three"}], "causal_lm", tokenizer, max_seq_len=32
+    )
     padded = text.batch([0, 1])
     assert padded["attention_mask"].sum(1).tolist() == [len(r) for r in text.input_ids]
     assert (padded["labels"][padded["attention_mask"] == 0] == IGNORE_INDEX).all()

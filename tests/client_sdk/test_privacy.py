@@ -23,7 +23,10 @@ from fedlora_client._privacy import (
 
 def _update(scale: float, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"a": torch.randn(8, 16, generator=g) * scale, "b": torch.randn(16, 8, generator=g) * scale}
+    return {
+        "a": torch.randn(8, 16, generator=g) * scale,
+        "b": torch.randn(16, 8, generator=g) * scale,
+    }
 
 
 @pytest.mark.parametrize("scale", [0.0, 1e-4, 0.1, 1.0, 1e3, 1e30])
@@ -43,11 +46,13 @@ def test_clipped_norm_is_at_most_c(scale: float, clip: float) -> None:
 def test_non_finite_update_is_an_error(bad: float) -> None:
     update = _update(1.0, seed=0)
     update["b"][3, 2] = bad
-    with pytest.raises(NonFiniteUpdateError, match="never|nothing was uploaded"):
+    with pytest.raises(NonFiniteUpdateError, match="nothing was uploaded"):
         clip_update(update, 1.0)
     start = {k: torch.zeros_like(v) for k, v in update.items()}
     with pytest.raises(NonFiniteUpdateError):
-        privatize_update(start, update, clip_norm=1.0, noise_multiplier=1.0, generator=secure_generator(0))
+        privatize_update(
+            start, update, clip_norm=1.0, noise_multiplier=1.0, generator=secure_generator(0)
+        )
 
 
 def test_noise_std_is_sigma_times_c() -> None:
@@ -61,9 +66,13 @@ def test_noise_std_is_sigma_times_c() -> None:
 def test_client_level_update_is_clipped_then_noised() -> None:
     start = {k: torch.ones_like(v) for k, v in _update(1.0, 0).items()}
     final = {k: start[k] + v for k, v in _update(100.0, 1).items()}
-    out = privatize_update(start, final, clip_norm=1.0, noise_multiplier=0.0, generator=secure_generator(0))
+    out = privatize_update(
+        start, final, clip_norm=1.0, noise_multiplier=0.0, generator=secure_generator(0)
+    )
     assert joint_norm({k: out[k] - start[k] for k in out}) == pytest.approx(1.0, rel=1e-5)
-    noisy = privatize_update(start, final, clip_norm=1.0, noise_multiplier=5.0, generator=secure_generator(0))
+    noisy = privatize_update(
+        start, final, clip_norm=1.0, noise_multiplier=5.0, generator=secure_generator(0)
+    )
     assert joint_norm({k: noisy[k] - start[k] for k in out}) > 5.0  # 256 coords of std 5
 
 
