@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from api.storage import ArtifactError, ArtifactStore, Buffer, StoredArtifact
 from fedlora_client.protocol import ALLOWED_DTYPES, is_safe_tensor_name
@@ -239,24 +240,29 @@ def _check_layout(tensors: list[TensorInfo], data_bytes: int) -> None:
         raise UploadRejected(f"{data_bytes - pos} trailing bytes after the last tensor")
 
 
-def _check_finite(f: io.BufferedReader, data_start: int, t: TensorInfo) -> None:
-    itemsize, mask, udtype = _FLOAT_LAYOUT[t.dtype]
-    buf = bytearray(CHECK_CHUNK_BYTES)
+def nonfinite(raw: Buffer, dtype: str) -> npt.NDArray[np.bool_]:
+    """True where the little-endian values in ``raw`` (F32, F16 or BF16) are NaN or +-Inf."""
+    _, mask, udtype = _FLOAT_LAYOUT[dtype]
+    bits = np.frombuffer(raw, dtype=udtype)
+    return np.asarray((bits & mask) == mask)
+
+
+def _check_finite(f: io.BufferedReader, data_start: int, t: TensorInfo, buf: bytearray) -> None:
+    itemsize, mask, _ = _FLOAT_LAYOUT[t.dtype]
     f.seek(data_start + t.begin)
     done, total = 0, t.end - t.begin
     while done < total:
-        k = f.readinto(memoryview(buf)[: min(CHECK_CHUNK_BYTES, total - done)])
+        k = f.readinto(memoryview(buf)[: min(len(buf), total - done)])
         if not k:
             raise UploadRejected(f"file is truncated inside tensor {t.name!r}")
-        bits = np.frombuffer(buf, dtype=udtype, count=k // itemsize)
-        bad = (bits & mask) == mask
+        bad = nonfinite(memoryview(buf)[: k - k % itemsize], t.dtype)
         if bad.any():
             i = int(np.argmax(bad))
-            mantissa = (mask | (mask - 1)) ^ mask  # bits below the exponent
-            kind = "NaN" if int(bits[i]) & mantissa else "Inf"
+            value = int.from_bytes(buf[i * itemsize : (i + 1) * itemsize], "little")
+            mantissa = (mask | (mask - 1)) ^ mask  # the bits below the exponent
             raise UploadRejected(
-                f"tensor {t.name!r} contains {kind} at element {done // itemsize + i}; "
-                "all values must be finite"
+                f"tensor {t.name!r} contains {'NaN' if value & mantissa else 'Inf'} at element "
+                f"{done // itemsize + i}; all values must be finite"
             )
         done += k
 
@@ -293,8 +299,9 @@ def validate_safetensors(
             key=lambda t: (t.begin, t.end),
         )
         _check_layout(tensors, size - 8 - n)
+        buf = bytearray(CHECK_CHUNK_BYTES)  # one bounded buffer, reused for every tensor
         for t in tensors:
-            _check_finite(f, 8 + n, t)
+            _check_finite(f, 8 + n, t, buf)
     return UploadSummary(tuple(tensors), header_bytes=n, size=size, metadata=metadata)
 
 

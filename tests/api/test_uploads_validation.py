@@ -26,6 +26,7 @@ from api.storage import ArtifactStore, SizeLimitExceededError
 from api.uploads import (
     UploadRejected,
     accept_partial_upload,
+    nonfinite,
     store_upload,
     validate_safetensors,
 )
@@ -273,6 +274,19 @@ def test_finiteness_is_checked_across_chunk_boundaries(tmp_path: Path) -> None:
     path.write_bytes(poke(data, A, 1024 * 1024 - 1, NAN_F32, 4))
     with pytest.raises(UploadRejected, match="NaN at element 1048575"):
         validate_safetensors(path, expected_shapes=big, max_header_bytes=MAX_HEADER)
+
+
+def test_nonfinite_matches_numpy_on_every_16_bit_pattern() -> None:
+    """The exponent-mask test equals numpy's isfinite: F16 natively, BF16 shifted into F32."""
+    every = np.arange(2**16, dtype=np.uint16)
+    assert (nonfinite(every.tobytes(), "F16") == ~np.isfinite(every.view(np.float16))).all()
+    as_f32 = (every.astype(np.uint32) << 16).view(np.float32)
+    assert (nonfinite(every.tobytes(), "BF16") == ~np.isfinite(as_f32)).all()
+    rng = np.random.default_rng(1)
+    bits = np.concatenate(
+        [rng.integers(0, 2**32, 2**20, dtype=np.uint32), np.array([INF_F32, NAN_F32, 0xFF800001])]
+    )
+    assert (nonfinite(bits.tobytes(), "F32") == ~np.isfinite(bits.view(np.float32))).all()
 
 
 def check_never_crashes(tmp_path: Path, data: bytes) -> None:
