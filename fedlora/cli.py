@@ -58,5 +58,27 @@ def scheduler(loglevel: str = typer.Option("info", help="Celery log level.")) ->
     celery_app.start(["beat", f"--loglevel={loglevel}"])
 
 
+@app.command()
+def strategies(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the registered aggregation strategies with a one-line description each."""
+    import json
+
+    from worker.strategies import STRATEGY_PARAMS, list_strategies
+
+    rows = list_strategies()
+    if as_json:
+        doc = [
+            {"name": n, "description": d, "params_schema": STRATEGY_PARAMS[n].model_json_schema()}
+            for n, d in rows
+        ]
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    width = max(len(n) for n, _ in rows)
+    for name, description in rows:
+        typer.echo(f"{name:<{width}}  {description}")
+
+
 def main() -> None:
     app()
