@@ -53,6 +53,8 @@ class FakeServer:
     calls: list[tuple[str, str]] = field(default_factory=list)
     faults: list[tuple[str, str, Any]] = field(default_factory=list)
     """(method, path regex, fault): fault is an int status, or 'drop' / 'drop-after'."""
+    nth_faults: dict[tuple[str, int], Any] = field(default_factory=dict)
+    """(method, n) -> fault for the n-th (1-based) request with that method."""
     issued: dict[str, p.TaskAssignment] = field(default_factory=dict)
 
     def add_artifact(self, body: bytes, lora: p.LoraSpec) -> p.ArtifactRef:
@@ -64,6 +66,9 @@ class FakeServer:
         return httpx.MockTransport(self.handle)
 
     def _fault(self, request: httpx.Request) -> Any:
+        nth = sum(1 for method, _ in self.calls if method == request.method)
+        if (request.method, nth) in self.nth_faults:
+            return self.nth_faults.pop((request.method, nth))
         for i, (method, pattern, fault) in enumerate(self.faults):
             if method == request.method and re.search(pattern, request.url.path):
                 del self.faults[i]
