@@ -12,6 +12,18 @@ rejected with a message saying what the file looks like.
 
 Errors: :class:`UploadRejected` (an :class:`api.storage.ArtifactError`), ``status_code`` 422,
 or 413 when the file or its header is larger than the configured limit.
+
+How the resumable upload routes use it (check ``manifest.size <= max_upload_bytes`` first)::
+
+    upload_id = store.create_partial()                        # POST: keep it with the manifest
+    store.partial_size(upload_id)                             # HEAD: the Upload-Offset
+    with store.append_partial(upload_id, offset=offset, max_bytes=manifest.size) as a:
+        async for chunk in request.stream():                  # PATCH
+            a.write(chunk)
+    if a.offset == manifest.size:                             # complete: validate + store
+        ref, summary = await run_in_threadpool(accept_partial_upload, store, upload_id,
+            expected_shapes=plan.upload_shapes(), max_header_bytes=settings.max_header_bytes,
+            expected_sha256=manifest.sha256)
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -198,6 +199,44 @@ def test_concurrent_append_to_one_session_is_refused(store: ArtifactStore) -> No
         with pytest.raises(UploadBusyError):
             store.finalize_partial(uid)
     assert store.finalize_partial(uid).size == 1
+
+
+def test_racing_appends_at_one_offset_have_one_winner(store: ArtifactStore) -> None:
+    uid = store.create_partial()
+
+    def append(i: int) -> str:
+        try:
+            write_chunks(store.append_partial(uid, offset=0), [bytes([i]) * 4096] * 64)
+        except (UploadBusyError, OffsetMismatchError) as exc:
+            return type(exc).__name__
+        return f"won {i}"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(append, range(8)))
+    winners = [o for o in outcomes if o.startswith("won")]
+    assert len(winners) == 1, outcomes
+    i = int(winners[0].split()[1])
+    assert store.partial_path(uid).read_bytes() == bytes([i]) * 4096 * 64
+
+
+def test_append_racing_a_finalize_cannot_touch_the_stored_artifact(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The appender opens the session, then (before it locks) the session is finalized."""
+    uid = store.create_partial()
+    write_chunks(store.append_partial(uid, offset=0), [b"final"])
+    real_flock = fcntl.flock
+    refs: list[StoredArtifact] = []
+
+    def finalize_first(fd: int, operation: int) -> None:
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        refs.append(store.finalize_partial(uid))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", finalize_first)
+    with pytest.raises(ArtifactNotFoundError):
+        store.append_partial(uid, offset=5)
+    assert store.path(refs[0].sha256).read_bytes() == b"final"
 
 
 def test_rejected_session_leaves_nothing(store: ArtifactStore) -> None:
