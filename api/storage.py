@@ -304,17 +304,13 @@ class ArtifactStore:
         """Yield bytes ``[start, stop)`` in bounded chunks (streaming and Range responses)."""
         f = self.open(sha256)  # raises here, before the first chunk, if it is missing
         f.seek(start)
-        return self._chunks(f, chunk_size, None if stop is None else max(0, stop - start))
+        return self._chunks(f, chunk_size, 1 << 62 if stop is None else stop - start)
 
     @staticmethod
-    def _chunks(f: BinaryIO, chunk_size: int, left: int | None) -> Iterator[bytes]:
+    def _chunks(f: BinaryIO, chunk_size: int, left: int) -> Iterator[bytes]:
         with f:
-            while left is None or left > 0:
-                chunk = f.read(chunk_size if left is None else min(chunk_size, left))
-                if not chunk:
-                    return
-                if left is not None:
-                    left -= len(chunk)
+            while left > 0 and (chunk := f.read(min(chunk_size, left))):
+                left -= len(chunk)
                 yield chunk
 
     def begin_write(self, *, max_bytes: int | None = None) -> ArtifactWriter:
@@ -329,14 +325,11 @@ class ArtifactStore:
         self, source: Path | str | BinaryIO, *, expected_sha256: str | None = None
     ) -> StoredArtifact:
         """Copy a local file (path or open binary file) into the store, chunk by chunk."""
-        with contextlib.ExitStack() as stack:
-            f = (
-                stack.enter_context(open(source, "rb"))
-                if isinstance(source, Path | str)
-                else source
-            )
-            w = stack.enter_context(self.begin_write())
-            while chunk := f.read(CHUNK_SIZE):
+        if isinstance(source, Path | str):
+            with open(source, "rb") as f:
+                return self.put_file(f, expected_sha256=expected_sha256)
+        with self.begin_write() as w:
+            while chunk := source.read(CHUNK_SIZE):
                 w.write(chunk)
             return w.commit(expected_sha256)
 
