@@ -3,7 +3,7 @@ import { Link, Redirect, Route, Switch, useLocation } from "wouter";
 import { useQueryClient } from "@tanstack/react-query";
 import { setUnauthorizedHandler } from "./api/client";
 import { useAuth, AuthProvider } from "./auth";
-import { Loading } from "./components/states";
+import { Loading, PageErrorBoundary } from "./components/states";
 import { SignIn } from "./pages/SignIn";
 import { FederationsPage } from "./pages/Federations";
 
@@ -26,6 +26,7 @@ function NavLink({ href, children }: { href: string; children: ReactNode }) {
 
 function Shell({ children }: { children: ReactNode }) {
   const { email, signOut } = useAuth();
+  const [location] = useLocation();
   return (
     <div className="app">
       <a className="skip-link" href="#main">
@@ -53,7 +54,9 @@ function Shell({ children }: { children: ReactNode }) {
         </div>
       </aside>
       <main id="main" tabIndex={-1}>
-        <Suspense fallback={<Loading label="Loading page" />}>{children}</Suspense>
+        <PageErrorBoundary resetKey={location}>
+          <Suspense fallback={<Loading label="Loading page" />}>{children}</Suspense>
+        </PageErrorBoundary>
       </main>
     </div>
   );

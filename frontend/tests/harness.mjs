@@ -68,3 +68,57 @@ export async function signIn(page, email = ADMIN_EMAIL, password = ADMIN_PASSWOR
 export function unique(prefix) {
   return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
 }
+
+/** The admin side of the API, for setting up data a test does not drive through the UI. */
+export async function adminApi() {
+  const login = await fetch(`${BASE_URL}/api/v1/auth/login`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ email: ADMIN_EMAIL, password: ADMIN_PASSWORD }),
+  });
+  if (!login.ok) throw new Error(`admin login failed: ${login.status} ${await login.text()}`);
+  const { access_token } = await login.json();
+  async function req(method, path, body) {
+    const res = await fetch(`${BASE_URL}/api/v1${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${access_token}`, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  }
+  return {
+    token: access_token,
+    get: (path) => req("GET", path),
+    post: (path, body) => req("POST", path, body ?? {}),
+  };
+}
+
+/** Enrolls a client with a join token, as the SDK does; returns {client_id, api_key}. */
+export async function enroll(joinToken, name, hardware = { accelerator: "NVIDIA A10", memory_gb: 24 }) {
+  const res = await fetch(`${BASE_URL}/api/v1/enroll`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ join_token: joinToken, name, hardware }),
+  });
+  if (!res.ok) throw new Error(`enroll failed: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+/** The text of the elements that describe a control (help text and its error message). */
+export async function description(locator) {
+  return locator.evaluate((el) =>
+    (el.getAttribute("aria-describedby") ?? "")
+      .split(/\s+/)
+      .filter(Boolean)
+      .map((id) => document.getElementById(id)?.textContent ?? "")
+      .join(" "),
+  );
+}
+
+/** A valid model spec, as `fedlora-client inspect` prints it for a tiny model. */
+export const MODEL_SPEC = {
+  fingerprint: "ab".repeat(32),
+  modules: { "model.layers.0.self_attn.q_proj": [32, 32], "model.layers.0.self_attn.v_proj": [32, 32] },
+};

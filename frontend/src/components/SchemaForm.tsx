@@ -82,9 +82,15 @@ function kindOf(s: JsonSchema): Kind {
   return "json";
 }
 
-export function labelOf(name: string, s: JsonSchema): string {
-  const base = s.title && !/^[A-Z][a-z]+[A-Z]/.test(s.title) ? s.title : name.replace(/_/g, " ");
-  return base.charAt(0).toUpperCase() + base.slice(1);
+const WORDS: Record<string, string> = { id: "ID", lr: "LR", dp: "DP", num: "Number of", seq: "sequence", len: "length" };
+
+/** A label from the field's name ("base_model_id" -> "Base model ID"); titles of models are not names. */
+export function labelOf(name: string, _s?: JsonSchema): string {
+  const text = name
+    .split("_")
+    .map((w) => WORDS[w] ?? w)
+    .join(" ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
 function defaultText(s: JsonSchema, kind: Kind): string {
@@ -229,7 +235,8 @@ export function SchemaFields({
       );
       continue;
     }
-    const label = labelOf(name, r.schema) + (required.has(name) && r.schema.default === undefined ? " *" : "");
+    const label = labelOf(name, r.schema);
+    const mandatory = required.has(name) && r.schema.default === undefined;
     const range = hint(r.schema);
     const help = [r.schema.description, range && `Range ${range}.`, r.nullable && !required.has(name) ? "Optional." : ""]
       .filter(Boolean)
@@ -237,7 +244,7 @@ export function SchemaFields({
     const value = values[path] ?? "";
     const set = (v: string) => onChange(path, v);
     leaves.push(
-      <Field key={path} label={label} help={help || null} error={errors[path]}>
+      <Field key={path} label={label} required={mandatory} help={help || null} error={errors[path]}>
         {(p) => {
           switch (kind) {
             case "boolean":

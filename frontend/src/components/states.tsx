@@ -1,6 +1,6 @@
 // Loading, empty and error states shared by every page.
-import type { ReactNode } from "react";
-import { ApiError, errorMessage } from "../api/client";
+import { Component, type ReactNode } from "react";
+import { ApiError, errorMessage, OFFLINE_MESSAGE } from "../api/client";
 
 export function Loading({ label = "Loading" }: { label?: string }) {
   return (
@@ -64,4 +64,29 @@ export function QueryView<T>({
       {children(data)}
     </>
   );
+}
+
+/** Catches render errors and failed page-chunk loads (API server stopped mid-session). */
+export class PageErrorBoundary extends Component<{ children: ReactNode; resetKey: string }, { error: unknown }> {
+  state = { error: null as unknown };
+
+  static getDerivedStateFromError(error: unknown) {
+    return { error };
+  }
+
+  componentDidUpdate(prev: { resetKey: string }) {
+    if (prev.resetKey !== this.props.resetKey && this.state.error) this.setState({ error: null });
+  }
+
+  render() {
+    const { error } = this.state;
+    if (!error) return this.props.children;
+    const chunk = error instanceof Error && /dynamically imported module|Importing a module script failed|Failed to fetch/i.test(error.message);
+    return (
+      <ErrorState
+        error={chunk ? new ApiError(0, OFFLINE_MESSAGE) : error}
+        retry={() => (chunk ? window.location.reload() : this.setState({ error: null }))}
+      />
+    );
+  }
 }

@@ -60,11 +60,14 @@ export function Field({
   label,
   help,
   error,
+  required,
   children,
 }: {
   label: string;
   help?: string | null;
   error?: string;
+  /** Marks the label visually; the server decides what is really required. */
+  required?: boolean;
   children: (props: { id: string; "aria-describedby"?: string; "aria-invalid"?: boolean }) => ReactNode;
 }) {
   const id = useId();
@@ -73,7 +76,14 @@ export function Field({
   const describedBy = [helpId, errId].filter(Boolean).join(" ") || undefined;
   return (
     <div className={`field${error ? " field-invalid" : ""}`}>
-      <label htmlFor={id}>{label}</label>
+      <div className="label-row">
+        <label htmlFor={id}>{label}</label>
+        {required && (
+          <span className="req" aria-hidden="true" title="required">
+            *
+          </span>
+        )}
+      </div>
       {children({ id, "aria-describedby": describedBy, "aria-invalid": error ? true : undefined })}
       {help && (
         <p className="help" id={helpId}>

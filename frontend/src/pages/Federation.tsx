@@ -1,6 +1,6 @@
 import { useMemo, useState, type FormEvent } from "react";
 import { Link } from "wouter";
-import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { useMutation, useQueries, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, call, errorMessage } from "../api/client";
 import type { components } from "../api/client";
 import { BytesChart, EpsilonChart, LossChart, RankChart, type RoundPoint } from "../components/Charts";
@@ -231,16 +231,37 @@ export default function FederationPage({ id }: { id: string }) {
     queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/memberships", list)),
     refetchInterval: poll,
   });
-  const tasks = useQuery({
-    queryKey: ["federation", id, "tasks"],
-    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/tasks", list)),
-    refetchInterval: poll,
+  // Tasks and updates are listed per round: a finished round never changes, so it is
+  // fetched once; only rounds still open or aggregating are polled.
+  const roundList = rounds.data?.data ?? [];
+  const final = (state: string) => state === "completed" || state === "failed";
+  const taskQueries = useQueries({
+    queries: roundList.map((r) => ({
+      queryKey: ["round", r.id, "tasks", final(r.state)],
+      queryFn: () =>
+        call(api.GET("/api/v1/rounds/{round_id}/tasks", { params: { path: { round_id: r.id }, query: { limit: 500 } } })),
+      staleTime: final(r.state) ? Infinity : 0,
+      refetchInterval: final(r.state) ? (false as const) : poll,
+    })),
   });
-  const updates = useQuery({
-    queryKey: ["federation", id, "updates"],
-    queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/updates", list)),
-    refetchInterval: poll,
+  const updateQueries = useQueries({
+    queries: roundList.map((r) => ({
+      queryKey: ["round", r.id, "updates", final(r.state)],
+      queryFn: () =>
+        call(api.GET("/api/v1/rounds/{round_id}/updates", { params: { path: { round_id: r.id }, query: { limit: 500 } } })),
+      staleTime: final(r.state) ? Infinity : 0,
+      refetchInterval: final(r.state) ? (false as const) : poll,
+    })),
   });
+  const allTasks: Task[] = taskQueries.flatMap((q) => q.data?.data ?? []);
+  const allUpdates: Update[] = updateQueries.flatMap((q) => q.data?.data ?? []);
+  const updatesKey = updateQueries.map((q) => q.dataUpdatedAt).join();
+  const updatesState = {
+    data: rounds.data ? allUpdates : undefined,
+    error: rounds.error ?? updateQueries.find((q) => q.error)?.error ?? null,
+    isPending: rounds.isPending || updateQueries.some((q) => q.isPending),
+    refetch: () => Promise.all([rounds.refetch(), ...updateQueries.map((q) => q.refetch())]),
+  };
   const adapters = useQuery({
     queryKey: ["federation", id, "adapters"],
     queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/adapters", list)),
@@ -255,7 +276,7 @@ export default function FederationPage({ id }: { id: string }) {
   const nameOf = (cid: string) => names.get(cid) ?? shortId(cid);
 
   const charts = useMemo(() => {
-    const ups: Update[] = updates.data?.data ?? [];
+    const ups: Update[] = allUpdates;
     const ads: Adapter[] = adapters.data?.data ?? [];
     const rs = rounds.data?.data ?? [];
     const ev = evalName(ads);
@@ -287,7 +308,7 @@ export default function FederationPage({ id }: { id: string }) {
       bytes: [...bytesBy.entries()].map(([c, b]) => ({ client: nameOf(c), value: b })),
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [updates.data, adapters.data, rounds.data, members.data, names]);
+  }, [updatesKey, adapters.data, rounds.data, members.data, names]);
 
   if (fed.isPending) return <Loading label="Loading federation" />;
   if (fed.error && !fed.data) return <ErrorState error={fed.error} retry={() => void fed.refetch()} />;
@@ -340,14 +361,14 @@ export default function FederationPage({ id }: { id: string }) {
           <dd>{f.global_rank}</dd>
         </div>
         <div className="stat">
-          <dt>ε budget</dt>
+          <dt>Epsilon budget</dt>
           <dd>{budget ?? "—"}</dd>
         </div>
       </dl>
 
       <div className="grid-2">
         <Section title="Loss and evaluation">
-          <QueryView query={updates} label="updates">
+          <QueryView query={updatesState} label="updates">
             {() => <LossChart data={charts.loss} evalName={charts.evalName} />}
           </QueryView>
         </Section>
@@ -362,7 +383,7 @@ export default function FederationPage({ id }: { id: string }) {
           </QueryView>
         </Section>
         <Section title="Bytes uploaded">
-          <QueryView query={updates} label="updates">
+          <QueryView query={updatesState} label="updates">
             {() => <BytesChart data={charts.bytes} />}
           </QueryView>
         </Section>
@@ -370,7 +391,7 @@ export default function FederationPage({ id }: { id: string }) {
 
       <Section title="Round timeline" actions={live ? <span className="live">polling every 2 s</span> : undefined}>
         <QueryView query={rounds} label="rounds">
-          {(d) => <Timeline rounds={d.data} tasks={tasks.data?.data ?? []} names={names} />}
+          {(d) => <Timeline rounds={d.data} tasks={allTasks} names={names} />}
         </QueryView>
       </Section>
 

@@ -1,52 +1,74 @@
-import { useMemo, useState, type FormEvent } from "react";
+import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { Link, useLocation } from "wouter";
-import { useMutation, useQueryClient } from "@tanstack/react-query";
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, call } from "../api/client";
 import type { components } from "../api/client";
 import formSchemas from "../api/form-schemas.gen.json";
 import { useServerErrors } from "../components/form";
 import { buildBody, fieldPaths, initialValues, labelOf, resolve, SchemaFields, type JsonSchema, type Schemas, type Values } from "../components/SchemaForm";
+import { Loading } from "../components/states";
 import { Field, PageHeader } from "../components/ui";
 
 const schemas = formSchemas.schemas as unknown as Schemas;
 const root: JsonSchema = { $ref: `#/components/schemas/${formSchemas.root}` };
 
-/** Strategy names: an enum in the schema, or the "One of: a, b." list in its description. */
-function strategyNames(s: JsonSchema | undefined): string[] {
+/** Strategy names from the schema: an enum, or the "One of: a, b." list in its description. */
+function namesFromSchema(s: JsonSchema | undefined): string[] {
   if (s?.enum) return s.enum.map(String);
   const m = /One of: ([^.]+)\./.exec(s?.description ?? "");
   return m ? m[1].split(",").map((x) => x.trim()) : [];
 }
 
-function paramsSchemaOf(strategy: string): JsonSchema | undefined {
-  const key = Object.keys(schemas).find((k) => k.toLowerCase() === `${strategy.toLowerCase()}params`);
-  return key ? schemas[key] : undefined;
-}
-
 const rootProps = schemas[formSchemas.root]?.properties ?? {};
-const STRATEGIES = strategyNames(rootProps.strategy);
 /** Nested settings (model, training, dp) get a fieldset each. */
 const groupNames = Object.keys(rootProps).filter((k) => {
   const s = resolve(rootProps[k], schemas).schema;
   return k !== "strategy_params" && s.type === "object" && s.properties !== undefined;
 });
 
-function initial(): Values {
-  const v = initialValues(root, schemas);
-  if (!v.strategy && STRATEGIES.length) v.strategy = STRATEGIES.includes("fslora") ? "fslora" : STRATEGIES[0];
-  const ps = paramsSchemaOf(v.strategy);
-  return ps ? { ...v, ...initialValues(ps, schemas, "strategy_params") } : v;
+const GROUP_TITLES: Record<string, string> = {
+  model: "Base model",
+  training: "Local training",
+  dp: "Differential privacy",
+};
+
+type Strategy = components["schemas"]["StrategyPublic"];
+
+/** A strategy's parameter schema, with its own $defs resolvable next to the API's schemas. */
+function paramsOf(strategies: Strategy[] | undefined, name: string): { schema: JsonSchema; schemas: Schemas } | null {
+  const st = strategies?.find((x) => x.name === name);
+  if (!st) return null;
+  const schema = st.params_schema as JsonSchema & { $defs?: Schemas };
+  return { schema, schemas: { ...schemas, ...(schema.$defs ?? {}) } };
+}
+
+function withParams(v: Values, strategies: Strategy[] | undefined, name: string): Values {
+  const rest = Object.fromEntries(Object.entries(v).filter(([k]) => !k.startsWith("strategy_params.")));
+  const p = paramsOf(strategies, name);
+  return { ...rest, strategy: name, ...(p ? initialValues(p.schema, p.schemas, "strategy_params") : {}) };
 }
 
 export default function NewFederationPage() {
   const [, navigate] = useLocation();
   const qc = useQueryClient();
-  const [values, setValues] = useState<Values>(initial);
-  const strategy = values.strategy ?? "";
-  const paramsSchema = paramsSchemaOf(strategy);
+  const strategies = useQuery({
+    queryKey: ["strategies"],
+    queryFn: () => call(api.GET("/api/v1/strategies")),
+    staleTime: Infinity,
+  });
+  const names = strategies.data?.map((x) => x.name) ?? namesFromSchema(rootProps.strategy);
+  const [values, setValues] = useState<Values>(() => initialValues(root, schemas));
+  const strategy = values.strategy || (names.includes("fslora") ? "fslora" : (names[0] ?? ""));
+  const params = paramsOf(strategies.data, strategy);
+  // Draw the chosen strategy's defaults once its schema has arrived.
+  useEffect(() => {
+    if (params && !Object.keys(values).some((k) => k.startsWith("strategy_params."))) {
+      setValues((v) => withParams(v, strategies.data, strategy));
+    }
+  }, [params, strategy, strategies.data, values]);
   const known = useMemo(
-    () => [...fieldPaths(root, schemas), ...(paramsSchema ? fieldPaths(paramsSchema, schemas, "strategy_params") : [])],
-    [paramsSchema],
+    () => [...fieldPaths(root, schemas), ...(params ? fieldPaths(params.schema, params.schemas, "strategy_params") : [])],
+    [params],
   );
   const errors = useServerErrors(known);
 
@@ -61,18 +83,13 @@ export default function NewFederationPage() {
   });
 
   function onChange(path: string, value: string) {
-    setValues((v) => {
-      if (path !== "strategy") return { ...v, [path]: value };
-      const rest = Object.fromEntries(Object.entries(v).filter(([k]) => !k.startsWith("strategy_params")));
-      const ps = paramsSchemaOf(value);
-      return { ...rest, strategy: value, ...(ps ? initialValues(ps, schemas, "strategy_params") : {}) };
-    });
+    setValues((v) => (path === "strategy" ? withParams(v, strategies.data, value) : { ...v, [path]: value }));
   }
 
   function submit(e: FormEvent) {
     e.preventDefault();
-    const body = buildBody(root, schemas, values);
-    body.strategy_params = paramsSchema ? buildBody(paramsSchema, schemas, values, "strategy_params") : body.strategy_params ?? {};
+    const body = buildBody(root, schemas, { ...values, strategy });
+    body.strategy_params = params ? buildBody(params.schema, params.schemas, values, "strategy_params") : (body.strategy_params ?? {});
     create.mutate(body);
   }
 
@@ -92,11 +109,16 @@ export default function NewFederationPage() {
         <fieldset>
           <legend>Aggregation strategy</legend>
           <div className="fields">
-            <Field label="Strategy *" help={paramsSchema?.description ?? rootProps.strategy?.description} error={errors.fields.strategy}>
+            <Field
+              label="Strategy"
+              required
+              help={strategies.data?.find((x) => x.name === strategy)?.description ?? rootProps.strategy?.description}
+              error={errors.fields.strategy}
+            >
               {(p) =>
-                STRATEGIES.length ? (
+                names.length ? (
                   <select {...p} value={strategy} onChange={(e) => onChange("strategy", e.target.value)}>
-                    {STRATEGIES.map((s) => (
+                    {names.map((s) => (
                       <option key={s} value={s}>
                         {s}
                       </option>
@@ -114,8 +136,10 @@ export default function NewFederationPage() {
             </p>
           )}
           <div style={{ marginTop: "1rem" }}>
-            {paramsSchema ? (
-              <SchemaFields schema={paramsSchema} {...fieldProps} prefix="strategy_params" />
+            {strategies.isPending ? (
+              <Loading label="Loading strategy parameters" />
+            ) : params ? (
+              <SchemaFields schema={params.schema} {...fieldProps} schemas={params.schemas} prefix="strategy_params" />
             ) : (
               <SchemaFields schema={{ type: "object", properties: { strategy_params: rootProps.strategy_params ?? { type: "object" } } }} {...fieldProps} />
             )}
@@ -123,7 +147,7 @@ export default function NewFederationPage() {
         </fieldset>
         {groupNames.map((name) => (
           <fieldset key={name}>
-            <legend>{labelOf(name, rootProps[name])}</legend>
+            <legend>{GROUP_TITLES[name] ?? labelOf(name)}</legend>
             {errors.fields[name] && (
               <p className="field-error" role="alert">
                 {errors.fields[name]}

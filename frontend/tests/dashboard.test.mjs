@@ -1,0 +1,174 @@
+// The dashboard against the real API (scripts/frontend-test starts it): drive it like a person,
+// with role and label locators, and save a screenshot of every page.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  ADMIN_EMAIL,
+  HAS_API,
+  MODEL_SPEC,
+  adminApi,
+  description,
+  enroll,
+  openBrowser,
+  screenshot,
+  signIn,
+  unique,
+} from "./harness.mjs";
+
+const opts = { skip: HAS_API ? false : "needs the API (run scripts/frontend-test)" };
+
+async function withBrowser(fn) {
+  const b = await openBrowser();
+  b.page.on("dialog", (d) => void d.accept());
+  try {
+    await fn(b.page);
+    assert.deepEqual(b.errors.map(String), [], "no uncaught errors in the page");
+  } finally {
+    await b.close();
+  }
+}
+
+test("sign in, see the federations page, sign out", opts, () =>
+  withBrowser(async (page) => {
+    await signIn(page);
+    await page.getByRole("heading", { name: "Federations", level: 1 }).waitFor();
+    assert.equal(await page.getByText(ADMIN_EMAIL).count(), 1);
+    await screenshot(page, "federations");
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  }));
+
+test("a wrong password says so", opts, () =>
+  withBrowser(async (page) => {
+    await signIn(page, ADMIN_EMAIL, "not-the-password");
+    const alert = page.getByRole("alert");
+    await alert.waitFor();
+    assert.equal(await alert.innerText(), "Wrong email or password.");
+    assert.equal(await page.getByRole("heading", { name: "Sign in" }).count(), 1);
+    await screenshot(page, "sign-in-wrong-password");
+  }));
+
+test("create an organization and a join token; enroll, rotate and revoke a client", opts, () =>
+  withBrowser(async (page) => {
+    const org = unique("Org");
+    await signIn(page);
+    await page.getByRole("link", { name: "Organizations" }).click();
+    await page.getByRole("heading", { name: "Organizations", level: 1 }).waitFor();
+    await page.getByLabel("Organization name").fill(org);
+    await page.getByRole("button", { name: "Create organization" }).click();
+    await page.getByRole("link", { name: org }).click();
+    await page.getByRole("heading", { name: org, level: 1 }).waitFor();
+    await page.getByText("No clients yet").waitFor();
+    await screenshot(page, "organization-empty");
+
+    await page.getByLabel("Note").fill("GPU box in the lab");
+    await page.getByRole("button", { name: "Create join token" }).click();
+    const tokenBox = page.getByRole("textbox", { name: "Join token" });
+    await tokenBox.waitFor();
+    const token = await tokenBox.inputValue();
+    assert.match(token, /^fjt_/);
+    await page.getByRole("button", { name: "Copy" }).click();
+    await page.getByRole("button", { name: "Copied" }).waitFor();
+    await screenshot(page, "organization-join-token");
+    await page.getByRole("button", { name: "Done" }).click();
+    assert.equal(await tokenBox.count(), 0, "the token is shown once");
+    await page.getByRole("cell", { name: "GPU box in the lab" }).waitFor();
+
+    // The client's operator enrolls with the token (what the SDK does).
+    const name = unique("client");
+    await enroll(token, name);
+    await page.reload();
+    const row = page.getByRole("row").filter({ hasText: name });
+    await row.getByText("NVIDIA A10 · 24 GB").waitFor();
+    await row.getByRole("button", { name: `Rotate key of ${name}` }).click();
+    const key = page.getByRole("textbox", { name: `New API key of ${name}` });
+    await key.waitFor();
+    assert.match(await key.inputValue(), /^flk_/);
+    await row.getByRole("button", { name: `Revoke ${name}` }).click();
+    await row.getByText("revoked").waitFor();
+    await screenshot(page, "organization");
+  }));
+
+test("the federation form shows the server's messages next to the fields, then creates it", opts, () =>
+  withBrowser(async (page) => {
+    // Three enrolled clients to become members.
+    const api = await adminApi();
+    const org = await api.post("/organizations", { name: unique("Members") });
+    const clients = [];
+    for (const [i, hw] of [
+      [0, { accelerator: "NVIDIA A100", memory_gb: 80 }],
+      [1, { accelerator: "NVIDIA T4", memory_gb: 16 }],
+      [2, { accelerator: "cpu", memory_gb: 32 }],
+    ]) {
+      const t = await api.post("/join-tokens", { organization_id: org.id });
+      clients.push({ ...(await enroll(t.token, unique(`site${i}`), hw)) });
+    }
+    const names = (await api.get(`/clients?organization_id=${org.id}`)).data.map((c) => c.name);
+
+    const fed = unique("Fed");
+    await signIn(page);
+    await page.getByRole("link", { name: "New federation" }).click();
+    await page.getByRole("heading", { name: "New federation" }).waitFor();
+    await screenshot(page, "federation-new");
+    const basics = page.getByRole("group", { name: "Federation" });
+    await basics.getByLabel("Name", { exact: true }).fill(fed);
+    await basics.getByLabel("Base model ID").fill("tiny-llama-test");
+    await page.getByLabel("Fingerprint").fill(MODEL_SPEC.fingerprint);
+    await page.getByLabel("Modules", { exact: true }).fill(JSON.stringify(MODEL_SPEC.modules));
+    await basics.getByLabel("Target modules").fill("q_proj, v_proj");
+    await basics.getByLabel("Global rank").fill("8");
+    await basics.getByLabel("Number of rounds").fill("3");
+    await basics.getByLabel("Clients per round").fill("2");
+    await basics.getByLabel("Min clients").fill("3"); // more than per round: the server refuses
+    await basics.getByLabel("Round deadline seconds").fill("600");
+    await page.getByLabel("Noise multiplier").fill("1.0");
+    await page.getByRole("button", { name: "Create federation" }).click();
+
+    const minClients = basics.getByLabel("Min clients");
+    await page.locator("[aria-invalid=true]").first().waitFor();
+    assert.equal(await minClients.getAttribute("aria-invalid"), "true");
+    assert.match(await description(minClients), /exceeds clients_per_round/);
+    assert.match(await page.getByRole("alert").first().innerText(), /rejected 1 field/);
+    await screenshot(page, "federation-new-invalid");
+
+    await minClients.fill("2");
+    await page.getByRole("button", { name: "Create federation" }).click();
+    await page.getByRole("heading", { name: fed, level: 1 }).waitFor();
+    await page.getByText("No rounds yet").waitFor();
+
+    // Members: one through the form, two through the API; the rank chart shows all three.
+    const addMember = page.getByRole("form", { name: "Add member" });
+    await addMember.getByLabel("Client").selectOption({ label: names[0] });
+    await addMember.getByLabel("Rank budget").fill("16");
+    await addMember.getByRole("button", { name: "Add member" }).click();
+    await page.getByRole("cell", { name: names[0] }).waitFor();
+    const fedId = page.url().split("/").pop();
+    await api.post(`/federations/${fedId}/memberships`, { client_id: clients[1].client_id, rank_budget: 8 });
+    await api.post(`/federations/${fedId}/memberships`, { client_id: clients[2].client_id, rank_budget: 4 });
+    await page.reload();
+    await page.getByRole("cell", { name: names[2] }).waitFor();
+    const rankChart = page.getByRole("img", { name: "Distribution of member rank budgets" });
+    await rankChart.locator(".recharts-bar-rectangle path").first().waitFor();
+    assert.equal(await rankChart.locator(".recharts-bar-rectangle path").count(), 3);
+    const epsChart = page.getByRole("img", { name: "Epsilon spent per client against the budget" });
+    await epsChart.waitFor();
+
+    // Lifecycle controls.
+    await page.getByRole("button", { name: "Start" }).click();
+    await page.getByRole("button", { name: "Pause" }).waitFor();
+    assert.equal(await page.getByText("live", { exact: true }).count(), 1);
+    await screenshot(page, "federation");
+    await page.getByRole("button", { name: "Pause" }).click();
+    await page.getByRole("button", { name: "Resume" }).click();
+    await page.getByRole("button", { name: "Pause" }).waitFor();
+
+    // The list shows it.
+    await page.getByRole("link", { name: "Federations", exact: true }).first().click();
+    await page.getByRole("link", { name: fed }).waitFor();
+
+    // Artifacts: none yet for this federation, with a clear empty state.
+    await page.getByRole("link", { name: "Artifacts" }).click();
+    await page.getByLabel("Federation").selectOption({ label: fed });
+    await page.getByText("No global adapters yet").waitFor();
+    await screenshot(page, "artifacts");
+  }));
