@@ -107,6 +107,9 @@ class ClientConfig(BaseModel):
             )
             raise ConfigError(f"{source}: {problems}") from exc
         base = source.parent
+        # relative paths are relative to the config file, not to the working directory
         config.model.path = base / config.model.path.expanduser()
         config.data.path = base / config.data.path.expanduser()
+        config.state_dir = base / config.state_dir.expanduser()
+        config.credentials_path = base / config.credentials_path.expanduser()
         return config
