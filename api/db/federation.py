@@ -44,6 +44,7 @@ class Federation(IdMixin, CreatedMixin, Base):
     status: Mapped[str] = mapped_column(sa.String(16), default=FederationStatus.DRAFT)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
+    open_requested_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
 

@@ -39,6 +39,10 @@ class Client(IdMixin, CreatedMixin, Base):
 
     organization: Mapped[Organization] = relationship(back_populates="clients")
 
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
 
 class JoinToken(IdMixin, CreatedMixin, Base):
     """One-time enrollment secret; only its sha256 is stored."""

@@ -49,6 +49,10 @@ class Round(IdMixin, Base):
     completed_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
     failure_reason: Mapped[str | None] = mapped_column(sa.String(2048))
+    aggregation_claimed_by: Mapped[str | None] = mapped_column(sa.String(128))
+    aggregation_claimed_until: Mapped[datetime | None]
+    aggregation_enqueued_at: Mapped[datetime | None]
+    aggregation_attempts: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     job_duration_seconds: Mapped[float | None]
     job_device: Mapped[str | None] = mapped_column(sa.String(64))
     job_peak_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)

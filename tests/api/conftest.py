@@ -14,10 +14,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.config import Settings
 from api.db import Base, create_db_engine, make_session_factory
+from api.main import create_app
+from api.queue import RecordingEnqueuer
+from api.storage import ArtifactStore
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_KINDS = ["sqlite", "postgres"]
@@ -103,3 +109,66 @@ def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
 def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     with session_factory() as session:
         yield session
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+def redis_url() -> str:
+    return os.environ.get("FEDLORA_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=db_url,
+        data_dir=tmp_path,
+        artifact_dir=tmp_path / "artifacts",
+        broker_url=redis_url(),
+        secret_key="test-secret-key-0123456789abcdef-0123456789",
+        bootstrap_admin_email=ADMIN_EMAIL,
+        bootstrap_admin_password=ADMIN_PASSWORD,
+        long_poll_seconds=1.0,
+        lease_seconds=60,
+        max_upload_bytes=1024 * 1024,
+        max_header_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+def enqueued() -> RecordingEnqueuer:
+    return RecordingEnqueuer()
+
+
+@pytest.fixture
+def app(settings: Settings, enqueued: RecordingEnqueuer) -> FastAPI:
+    return create_app(settings, enqueuer=enqueued)
+
+
+@pytest.fixture
+def api(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def store(app: FastAPI) -> ArtifactStore:
+    result: ArtifactStore = app.state.store
+    return result
+
+
+@pytest.fixture
+def app_sessions(app: FastAPI) -> sessionmaker[Session]:
+    result: sessionmaker[Session] = app.state.session_factory
+    return result
+
+
+@pytest.fixture
+def admin_headers(api: TestClient) -> dict[str, str]:
+    r = api.post("/api/v1/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}

@@ -1,0 +1,82 @@
+"""The FastAPI application factory: ``create_app(settings) -> FastAPI``.
+
+Routers live under ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``, operation ids
+``{tag}-{name}``); ``/healthz``, ``/readyz`` and ``/metrics`` sit at the root. The app holds its
+engine, session factory, artifact store and job enqueuer on ``app.state`` so tests can swap any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+
+from api.config import Settings, get_settings
+from api.db import engine_from_settings, make_session_factory
+from api.errors import install_error_handlers
+from api.observability import install_metrics
+from api.queue import CeleryEnqueuer, Enqueuer
+from api.routes import ROUTERS, system
+from api.services.identity import ensure_bootstrap_admin
+from fedlora_client.protocol import API_PREFIX
+
+
+def operation_id(route: APIRoute) -> str:
+    tag = str(route.tags[0]) if route.tags else "default"
+    return f"{tag}-{route.name}"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    enqueuer: Enqueuer | None = None,
+    broker_check: Callable[[], None] | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+    engine = engine_from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with app.state.session_factory() as session:
+            ensure_bootstrap_admin(session=session, settings=settings)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="fedlora control plane",
+        version="1",
+        description="Federated LoRA fine-tuning: federations, clients, rounds, tasks, adapters.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
+    app.state.broker_check = broker_check or system.broker_check_for(settings)
+    app.state.store = _artifact_store(settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    install_error_handlers(app)
+    install_metrics(app)
+    app.include_router(system.router)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    return app
+
+
+def _artifact_store(settings: Settings) -> object:
+    from api.storage import ArtifactStore
+
+    return ArtifactStore(settings.resolved_artifact_dir)

@@ -1,0 +1,165 @@
+"""Admin: federations, their lifecycle (start/pause/resume/cancel) and memberships."""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from fastapi import APIRouter, status
+
+from api.db import Federation, Membership
+from api.deps import CurrentAdmin, EnqueuerDep, PageDep, SessionDep
+from api.schemas.common import ListPublic
+from api.schemas.federations import (
+    FederationCreate,
+    FederationPublic,
+    FederationUpdate,
+    MembershipCreate,
+    MembershipPublic,
+    MembershipUpdate,
+)
+from api.services import federations as svc
+from api.services.common import page
+
+router = APIRouter(prefix="/federations", tags=["federations"])
+members = APIRouter(prefix="/federations/{federation_id}/memberships", tags=["memberships"])
+
+
+def _public(fed: Federation) -> FederationPublic:
+    return FederationPublic.model_validate(fed)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_federation(
+    body: FederationCreate, session: SessionDep, admin: CurrentAdmin
+) -> FederationPublic:
+    """Create a draft federation; the strategy and its parameters are validated here."""
+    return _public(svc.create_federation(session=session, admin=admin, body=body))
+
+
+@router.get("")
+def list_federations(
+    session: SessionDep, admin: CurrentAdmin, p: PageDep, state: str | None = None
+) -> ListPublic[FederationPublic]:
+    stmt = sa.select(Federation).order_by(Federation.created_at, Federation.id)
+    if state is not None:
+        stmt = stmt.where(Federation.status == state)
+    rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
+    return ListPublic(data=[_public(r) for r in rows], count=count)
+
+
+@router.get("/{federation_id}")
+def get_federation(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
+) -> FederationPublic:
+    return _public(svc.get_federation(session=session, federation_id=federation_id))
+
+
+@router.patch("/{federation_id}")
+def update_federation(
+    federation_id: uuid.UUID, body: FederationUpdate, session: SessionDep, admin: CurrentAdmin
+) -> FederationPublic:
+    """Rename any time; other settings change only while the federation is a draft."""
+    fed = svc.update_federation(
+        session=session, admin=admin, federation_id=federation_id, body=body
+    )
+    return _public(fed)
+
+
+@router.delete("/{federation_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_federation(federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin) -> None:
+    svc.delete_federation(session=session, admin=admin, federation_id=federation_id)
+
+
+@router.post("/{federation_id}/start")
+def start_federation(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, enqueue: EnqueuerDep
+) -> FederationPublic:
+    """draft -> running; the worker opens round 1 (enqueued after the commit)."""
+    fed = svc.start_federation(
+        session=session, admin=admin, federation_id=federation_id, enqueue=enqueue
+    )
+    return _public(fed)
+
+
+@router.post("/{federation_id}/pause")
+def pause_federation(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
+) -> FederationPublic:
+    """running -> paused: no task is handed out and no new round opens until resume."""
+    return _public(svc.pause_federation(session=session, admin=admin, federation_id=federation_id))
+
+
+@router.post("/{federation_id}/resume")
+def resume_federation(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, enqueue: EnqueuerDep
+) -> FederationPublic:
+    fed = svc.resume_federation(
+        session=session, admin=admin, federation_id=federation_id, enqueue=enqueue
+    )
+    return _public(fed)
+
+
+@router.post("/{federation_id}/cancel")
+def cancel_federation(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
+) -> FederationPublic:
+    """Stop for good: the open round fails and its tasks are dropped."""
+    return _public(svc.cancel_federation(session=session, admin=admin, federation_id=federation_id))
+
+
+def _membership_public(row: Membership, spent: dict[uuid.UUID, float]) -> MembershipPublic:
+    public = MembershipPublic.model_validate(row)
+    public.epsilon_spent = spent.get(row.client_id, 0.0)
+    return public
+
+
+@members.post("", status_code=status.HTTP_201_CREATED)
+def add_membership(
+    federation_id: uuid.UUID, body: MembershipCreate, session: SessionDep, admin: CurrentAdmin
+) -> MembershipPublic:
+    row = svc.add_membership(session=session, admin=admin, federation_id=federation_id, body=body)
+    return _membership_public(row, {})
+
+
+@members.get("")
+def list_memberships(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[MembershipPublic]:
+    svc.get_federation(session=session, federation_id=federation_id)
+    stmt = (
+        sa.select(Membership)
+        .where(Membership.federation_id == federation_id)
+        .order_by(Membership.created_at, Membership.id)
+    )
+    rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
+    spent = svc.epsilon_spent(session=session, federation_id=federation_id)
+    return ListPublic(data=[_membership_public(r, spent) for r in rows], count=count)
+
+
+@members.patch("/{membership_id}")
+def update_membership(
+    federation_id: uuid.UUID,
+    membership_id: uuid.UUID,
+    body: MembershipUpdate,
+    session: SessionDep,
+    admin: CurrentAdmin,
+) -> MembershipPublic:
+    row = svc.update_membership(
+        session=session,
+        admin=admin,
+        federation_id=federation_id,
+        membership_id=membership_id,
+        body=body,
+    )
+    spent = svc.epsilon_spent(session=session, federation_id=federation_id)
+    return _membership_public(row, spent)
+
+
+@members.delete("/{membership_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_membership(
+    federation_id: uuid.UUID, membership_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
+) -> None:
+    svc.delete_membership(
+        session=session, admin=admin, federation_id=federation_id, membership_id=membership_id
+    )

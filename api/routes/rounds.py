@@ -1,0 +1,139 @@
+"""Admin: rounds, tasks, updates, global adapters (and their download), ledger, audit log."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from api.db import AuditLogEntry, GlobalAdapter, PrivacyLedgerEntry, Round, Task, Update
+from api.deps import CurrentAdmin, PageDep, SessionDep
+from api.schemas.common import ListPublic
+from api.schemas.rounds import (
+    AuditLogPublic,
+    GlobalAdapterPublic,
+    LedgerEntryPublic,
+    RoundPublic,
+    TaskPublic,
+    UpdatePublic,
+)
+from api.services.adapters import peft_folder_members, stream_tar
+from api.services.common import get_or_404, page
+from api.services.federations import get_federation
+
+rounds = APIRouter(tags=["rounds"])
+adapters = APIRouter(tags=["adapters"])
+audit = APIRouter(tags=["audit"])
+
+
+def _list(session: Any, stmt: sa.Select[Any], p: Any, schema: Any) -> Any:
+    rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
+    return ListPublic(data=[schema.model_validate(r) for r in rows], count=count)
+
+
+@rounds.get("/federations/{federation_id}/rounds")
+def list_rounds(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[RoundPublic]:
+    get_federation(session=session, federation_id=federation_id)
+    stmt = sa.select(Round).where(Round.federation_id == federation_id).order_by(Round.number)
+    result: ListPublic[RoundPublic] = _list(session, stmt, p, RoundPublic)
+    return result
+
+
+@rounds.get("/rounds/{round_id}")
+def get_round(round_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin) -> RoundPublic:
+    return RoundPublic.model_validate(
+        get_or_404(session=session, model=Round, object_id=round_id, kind="round")
+    )
+
+
+@rounds.get("/rounds/{round_id}/tasks")
+def list_tasks(
+    round_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[TaskPublic]:
+    get_or_404(session=session, model=Round, object_id=round_id, kind="round")
+    stmt = sa.select(Task).where(Task.round_id == round_id).order_by(Task.client_id)
+    result: ListPublic[TaskPublic] = _list(session, stmt, p, TaskPublic)
+    return result
+
+
+@rounds.get("/rounds/{round_id}/updates")
+def list_updates(
+    round_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[UpdatePublic]:
+    get_or_404(session=session, model=Round, object_id=round_id, kind="round")
+    stmt = sa.select(Update).where(Update.round_id == round_id).order_by(Update.client_id)
+    result: ListPublic[UpdatePublic] = _list(session, stmt, p, UpdatePublic)
+    return result
+
+
+@rounds.get("/federations/{federation_id}/ledger")
+def list_ledger(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[LedgerEntryPublic]:
+    """Epsilon spent per client per round."""
+    get_federation(session=session, federation_id=federation_id)
+    stmt = (
+        sa.select(PrivacyLedgerEntry)
+        .where(PrivacyLedgerEntry.federation_id == federation_id)
+        .order_by(PrivacyLedgerEntry.created_at, PrivacyLedgerEntry.id)
+    )
+    result: ListPublic[LedgerEntryPublic] = _list(session, stmt, p, LedgerEntryPublic)
+    return result
+
+
+@adapters.get("/federations/{federation_id}/adapters")
+def list_adapters(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[GlobalAdapterPublic]:
+    get_federation(session=session, federation_id=federation_id)
+    stmt = (
+        sa.select(GlobalAdapter)
+        .where(GlobalAdapter.federation_id == federation_id)
+        .order_by(GlobalAdapter.round_number)
+    )
+    result: ListPublic[GlobalAdapterPublic] = _list(session, stmt, p, GlobalAdapterPublic)
+    return result
+
+
+@adapters.get("/adapters/{adapter_id}")
+def get_adapter(
+    adapter_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
+) -> GlobalAdapterPublic:
+    row = get_or_404(session=session, model=GlobalAdapter, object_id=adapter_id, kind="adapter")
+    return GlobalAdapterPublic.model_validate(row)
+
+
+@adapters.get(
+    "/adapters/{adapter_id}/download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": {}}, "description": "A PEFT folder."}},
+)
+def download_adapter(
+    adapter_id: uuid.UUID, request: Request, session: SessionDep, admin: CurrentAdmin
+) -> StreamingResponse:
+    """The global adapter as a tar of a PEFT folder (adapter_config.json + safetensors)."""
+    row = get_or_404(session=session, model=GlobalAdapter, object_id=adapter_id, kind="adapter")
+    folder = f"adapter-round-{row.round_number}"
+    body = stream_tar(
+        store=request.app.state.store, folder=folder, members=peft_folder_members(row)
+    )
+    return StreamingResponse(
+        body,
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{folder}.tar"'},
+    )
+
+
+@audit.get("/audit-log")
+def list_audit_log(
+    session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[AuditLogPublic]:
+    """Admin actions, newest first."""
+    stmt = sa.select(AuditLogEntry).order_by(AuditLogEntry.created_at.desc(), AuditLogEntry.id)
+    result: ListPublic[AuditLogPublic] = _list(session, stmt, p, AuditLogPublic)
+    return result

@@ -1,0 +1,33 @@
+"""The aggregation strategies and their parameter schemas (for forms and validation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from api.deps import CurrentAdmin
+
+router = APIRouter(prefix="/strategies", tags=["strategies"])
+
+
+class StrategyPublic(BaseModel):
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+
+
+@router.get("")
+def list_strategies(admin: CurrentAdmin) -> list[StrategyPublic]:
+    """Every registered strategy with a description and the JSON schema of its parameters."""
+    from worker.strategies.params import STRATEGY_DESCRIPTIONS, STRATEGY_PARAMS
+
+    return [
+        StrategyPublic(
+            name=name,
+            description=STRATEGY_DESCRIPTIONS[name],
+            params_schema=model.model_json_schema(),
+        )
+        for name, model in STRATEGY_PARAMS.items()
+    ]

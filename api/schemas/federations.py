@@ -1,0 +1,143 @@
+"""Federations and memberships. Status and epsilon spent are read-only: never in a body."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from api.schemas.common import NameStr, PublicModel
+from fedlora_client.protocol import (
+    STRATEGY_NAMES,
+    DPSettings,
+    LocalTraining,
+    ModelSpec,
+    TaskType,
+    is_safe_tensor_name,
+)
+
+
+def check_strategy(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate a strategy name and its parameters; return the normalised parameters."""
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGY_NAMES)}")
+    from worker.strategies.params import validate_params
+
+    try:
+        return validate_params(name, params).model_dump(mode="json")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(params)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValueError(f"strategy_params for {name!r} are invalid: {problems}") from None
+
+
+class FederationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: NameStr
+    description: str = Field(default="", max_length=2048)
+    base_model_id: str = Field(min_length=1, max_length=256, description="e.g. a HF model id.")
+    task_type: TaskType
+    model: ModelSpec = Field(
+        description="Fingerprint and adapted modules (`fedlora-client inspect` prints it)."
+    )
+    target_modules: list[str] = Field(min_length=1, description="PEFT target_modules names.")
+    strategy: str = Field(description=f"One of: {', '.join(STRATEGY_NAMES)}.")
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    global_rank: int = Field(ge=1, le=4096, description="Rank of the global adapter.")
+    num_rounds: int = Field(ge=1, le=100_000)
+    clients_per_round: int = Field(ge=1, le=100_000)
+    min_clients: int = Field(ge=1, le=100_000, description="Fewest updates a round needs.")
+    round_deadline_seconds: int = Field(ge=10, le=30 * 24 * 3600)
+    training: LocalTraining = Field(default_factory=LocalTraining)
+    dp: DPSettings
+
+    @field_validator("target_modules")
+    @classmethod
+    def _safe_modules(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not is_safe_tensor_name(name):
+                raise ValueError(f"target module {name!r} is not a dotted identifier")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederationCreate:
+        if self.min_clients > self.clients_per_round:
+            raise ValueError(
+                f"min_clients ({self.min_clients}) exceeds clients_per_round "
+                f"({self.clients_per_round}); lower min_clients or raise clients_per_round"
+            )
+        self.strategy_params = check_strategy(self.strategy, self.strategy_params)
+        return self
+
+
+class FederationUpdate(BaseModel):
+    """Name and description change any time; the rest only while the federation is a draft."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: NameStr | None = None
+    description: str | None = Field(default=None, max_length=2048)
+    strategy_params: dict[str, Any] | None = None
+    global_rank: int | None = Field(default=None, ge=1, le=4096)
+    num_rounds: int | None = Field(default=None, ge=1, le=100_000)
+    clients_per_round: int | None = Field(default=None, ge=1, le=100_000)
+    min_clients: int | None = Field(default=None, ge=1, le=100_000)
+    round_deadline_seconds: int | None = Field(default=None, ge=10, le=30 * 24 * 3600)
+    training: LocalTraining | None = None
+    dp: DPSettings | None = None
+
+
+class FederationPublic(PublicModel):
+    id: uuid.UUID
+    name: str
+    description: str
+    base_model_id: str
+    task_type: TaskType
+    model: ModelSpec = Field(validation_alias="model_spec")
+    target_modules: list[str]
+    strategy: str
+    strategy_params: dict[str, Any]
+    global_rank: int
+    num_rounds: int
+    clients_per_round: int
+    min_clients: int
+    round_deadline_seconds: int
+    training: LocalTraining = Field(validation_alias="local_training")
+    dp: DPSettings
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class MembershipCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: uuid.UUID
+    rank_budget: int = Field(ge=1, le=4096, description="Highest LoRA rank this client trains.")
+
+
+class MembershipUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rank_budget: int | None = Field(default=None, ge=1, le=4096)
+    active: bool | None = None
+
+
+class MembershipPublic(PublicModel):
+    id: uuid.UUID
+    federation_id: uuid.UUID
+    client_id: uuid.UUID
+    rank_budget: int
+    active: bool
+    fingerprint: str | None
+    fingerprint_reported_at: datetime | None
+    num_examples: int | None
+    epsilon_spent: float = 0.0
+    created_at: datetime

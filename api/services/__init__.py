@@ -1,0 +1,1 @@
+"""The logic routes (and the worker) call: keyword-only functions ``f(*, session, ...)``."""
