@@ -122,3 +122,19 @@ export const MODEL_SPEC = {
   fingerprint: "ab".repeat(32),
   modules: { "model.layers.0.self_attn.q_proj": [32, 32], "model.layers.0.self_attn.v_proj": [32, 32] },
 };
+
+/** Fraction of a chart's canvas pixels that are drawn (not transparent): 0 means blank. */
+export async function canvasInk(chart) {
+  return chart.locator("canvas").first().evaluate((c) => {
+    const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+    let ink = 0;
+    for (let i = 3; i < data.length; i += 4) if (data[i] > 0) ink++;
+    return ink / (c.width * c.height);
+  });
+}
+
+/** The rows of a chart's data table (its accessible twin). */
+export async function chartRows(page, label) {
+  const rows = page.getByRole("table", { name: label }).locator("tbody tr");
+  return rows.evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((td) => td.textContent)));
+}

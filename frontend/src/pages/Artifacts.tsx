@@ -106,7 +106,7 @@ export default function ArtifactsPage() {
             >
               {(a) => (
                 <div className="table-wrap">
-                  <table>
+                  <table aria-label="Global adapters">
                     <thead>
                       <tr>
                         <th scope="col" className="num">

@@ -407,7 +407,7 @@ export default function FederationPage({ id }: { id: string }) {
         >
           {(d) => (
             <div className="table-wrap" style={{ marginTop: "0.8rem" }}>
-              <table>
+              <table aria-label="Members">
                 <thead>
                   <tr>
                     <th scope="col">Client</th>

@@ -43,7 +43,7 @@ export function FederationsPage() {
         >
           {(d) => (
             <div className="table-wrap">
-              <table>
+              <table aria-label="Federations">
                 <thead>
                   <tr>
                     <th scope="col">Name</th>

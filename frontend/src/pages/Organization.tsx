@@ -148,7 +148,7 @@ function JoinTokens({ organizationId }: { organizationId: string }) {
       >
         {(d) => (
           <div className="table-wrap" style={{ marginTop: "0.8rem" }}>
-            <table>
+            <table aria-label="Join tokens">
               <thead>
                 <tr>
                   <th scope="col">Note</th>
@@ -218,7 +218,7 @@ export default function OrganizationPage({ id }: { id: string }) {
         >
           {(d) => (
             <div className="table-wrap">
-              <table>
+              <table aria-label="Clients">
                 <thead>
                   <tr>
                     <th scope="col">Client</th>

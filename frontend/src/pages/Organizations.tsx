@@ -62,7 +62,7 @@ export default function OrganizationsPage() {
         >
           {(d) => (
             <div className="table-wrap">
-              <table>
+              <table aria-label="Organizations">
                 <thead>
                   <tr>
                     <th scope="col">Name</th>
