@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Aggregation device; 'auto' uses CUDA when present."
     )
+    aggregation_claim_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        description="An aggregation job's claim on a round, renewed while it runs; a job that "
+        "dies is noticed (and its round enqueued again) this long after its last renewal.",
+    )
     job_soft_time_limit: int = Field(default=1800, ge=10, description="Seconds, per job.")
     job_time_limit: int = Field(default=2100, ge=10, description="Hard limit, per job.")
     aggregation_queue: str = Field(default="aggregation")

@@ -1,0 +1,160 @@
+"""Glue between the database's view of a round and the strategies' hooks.
+
+* :func:`federation_context` builds the strategy's :class:`PlanContext` from the federation
+  and a round's participants; :func:`round_participants` rebuilds exactly that participant list
+  from a round's tasks, so ``aggregate`` sees the context ``plan`` saw (the rank budget each
+  plan was made for is in the plan).
+* :func:`make_plans` runs the planning hook and writes every start/merge artifact to the store.
+* :func:`load_state` / :func:`store_result` move server state and global adapters between the
+  strategies and the content-addressed artifact store (safetensors + JSON, never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from api.db import Task
+from api.services.round_types import FederationConfig, Member, PreviousAdapter
+from api.storage import ArtifactStore
+from fedlora_client.protocol import ArtifactRef, TrainingPlan
+from worker.strategies.adapters import derive_seed, tensors_to_bytes
+from worker.strategies.base import (
+    STATE_META,
+    STATE_TENSORS,
+    AggregationResult,
+    Participant,
+    PlanContext,
+    ServerState,
+    Strategy,
+)
+from worker.strategies.params import validate_params
+from worker.strategies.plans import training_plan
+
+
+def federation_context(
+    fed: FederationConfig,
+    number: int,
+    seed: int,
+    members: Iterable[Member | Participant],
+) -> PlanContext:
+    participants = tuple(
+        m
+        if isinstance(m, Participant)
+        else Participant(client_id=str(m.client_id), rank_budget=m.rank_budget)
+        for m in members
+    )
+    return PlanContext(
+        federation_id=str(fed.federation_id),
+        round_number=number,
+        total_rounds=fed.num_rounds,
+        seed=seed,
+        task_type=fed.task_type,
+        model=fed.model,
+        global_rank=fed.global_rank,
+        lora_alpha=fed.training.lora_alpha,
+        use_rslora=fed.training.use_rslora,
+        params=validate_params(fed.strategy, fed.strategy_params),
+        participants=participants,
+    )
+
+
+@dataclass(frozen=True)
+class RoundParticipants:
+    seed: int
+    participants: tuple[Participant, ...]
+
+
+def round_participants(*, session: Session, round_id: uuid.UUID, seed: int) -> RoundParticipants:
+    """The participants a round was planned for, from its tasks (dropped ones included)."""
+    rows = session.execute(
+        sa.select(Task.client_id, Task.plan).where(Task.round_id == round_id)
+    ).all()
+    participants = []
+    for client_id, plan in sorted(rows, key=lambda r: str(r[0])):
+        budget = TrainingPlan.model_validate(plan).rank_budget
+        if budget is None:
+            raise ValueError(f"task of client {client_id} has no rank budget in its plan")
+        participants.append(Participant(client_id=str(client_id), rank_budget=budget))
+    return RoundParticipants(seed=seed, participants=tuple(participants))
+
+
+def _put(store: ArtifactStore, data: bytes) -> str:
+    return store.put_bytes(data).sha256
+
+
+def make_plans(
+    store: ArtifactStore,
+    strategy: Strategy,
+    state: ServerState,
+    ctx: PlanContext,
+    fed: FederationConfig,
+) -> dict[uuid.UUID, TrainingPlan]:
+    """Run the planning hook; store each start (and merge) artifact; return wire plans."""
+    plans: dict[uuid.UUID, TrainingPlan] = {}
+    budgets = {p.client_id: p.rank_budget for p in ctx.participants}
+    for client_id, a in strategy.plan(state, ctx).items():
+        start_bytes = tensors_to_bytes(a.start)
+        start = ArtifactRef(
+            sha256=_put(store, start_bytes), size=len(start_bytes), lora=a.start_lora
+        )
+        merge = None
+        if a.merge is not None and a.merge_lora is not None:
+            merge_bytes = tensors_to_bytes(a.merge)
+            merge = ArtifactRef(
+                sha256=_put(store, merge_bytes), size=len(merge_bytes), lora=a.merge_lora
+            )
+        plan = training_plan(
+            a,
+            ctx,
+            strategy=fed.strategy,
+            base_model_id=fed.base_model_id,
+            start=start,
+            merge=merge,
+            training=fed.training,
+            dp=fed.dp,
+            seed=derive_seed(ctx.seed, "client", client_id),
+        )
+        lora = plan.lora.model_copy(update={"dropout": fed.training.lora_dropout})
+        plans[uuid.UUID(client_id)] = plan.model_copy(
+            update={"lora": lora, "rank_budget": budgets[client_id]}
+        )
+    return plans
+
+
+def load_state(store: ArtifactStore, previous: PreviousAdapter | None) -> ServerState | None:
+    """The server state published with ``previous``; ``None`` before the first round."""
+    if previous is None or previous.state_sha256 is None:
+        return None
+    with store.open(previous.state_sha256) as f:
+        tensors = f.read()
+    meta = json.dumps(previous.state_meta, sort_keys=True).encode()
+    return ServerState.from_files({STATE_TENSORS: tensors, STATE_META: meta})
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    adapter_sha256: str
+    config_sha256: str
+    state_sha256: str
+    state_meta: Mapping[str, Any]
+
+
+def store_result(
+    store: ArtifactStore, result: AggregationResult, ctx: PlanContext, fed: FederationConfig
+) -> StoredResult:
+    """Write the global adapter (PEFT files) and the new server state to the store."""
+    config = result.adapter_config(ctx, base_model_id=fed.base_model_id)
+    files = result.state.to_files()
+    return StoredResult(
+        adapter_sha256=_put(store, tensors_to_bytes(result.adapter)),
+        config_sha256=_put(store, json.dumps(config, indent=2, sort_keys=True).encode()),
+        state_sha256=_put(store, files[STATE_TENSORS]),
+        state_meta=json.loads(files[STATE_META]),
+    )
