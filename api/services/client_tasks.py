@@ -65,7 +65,7 @@ def list_memberships(*, session: Session, client: Client) -> list[MembershipInfo
         .where(Membership.client_id == client.id, Membership.active.is_(True))
         .order_by(Federation.created_at)
     )
-    return [_info(session, fed, m) for fed, m in rows.tuples()]
+    return [_info(session, fed, m) for fed, m in rows]
 
 
 def report_fingerprint(
@@ -84,7 +84,7 @@ def report_fingerprint(
     ).first()
     if row is None:
         raise NotFoundError.of("federation membership", federation_id)
-    fed, m = row.tuple()
+    fed, m = row
     expected = fed.model_spec["fingerprint"]
     if body.fingerprint != expected:
         raise InvalidInputError(

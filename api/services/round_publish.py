@@ -78,7 +78,7 @@ def publish_round(
                 sa.select(Update.id, Update.client_id).where(
                     Update.round_id == round_id, Update.id.in_(list(wanted))
                 )
-            ).tuples()
+            ).all()
         )
         if set(found) != wanted:
             missing = ", ".join(sorted(str(u) for u in wanted - set(found)))

@@ -75,7 +75,7 @@ def eligible_members(*, session: Session, federation: Federation) -> list[Member
         .order_by(Membership.client_id)
     )
     members = []
-    for membership, client in rows.tuples():
+    for membership, client in rows:
         eps = spent.get(membership.client_id, 0.0)
         if eps >= budget:
             continue
@@ -113,7 +113,7 @@ def build_aggregation_inputs(*, session: Session, rnd: Round) -> AggregationInpu
             metrics={k: float(v) for k, v in u.metrics.items()},
             plan=TrainingPlan.model_validate(t.plan),
         )
-        for u, t in rows.tuples()
+        for u, t in rows
     ]
     return AggregationInputs(
         federation=federation_config(fed),

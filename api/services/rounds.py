@@ -47,6 +47,7 @@ from api.db import (
     Update,
     utcnow,
 )
+from api.services.round_publish import publish_round
 from api.services.round_steps import (
     ACTIVE_ROUND_STATES,
     OUTSTANDING,
@@ -363,3 +364,21 @@ def sweep(
         result.opens_reenqueued.append(fed.id)
     queue.commit_and_flush(session, enqueue)
     return result
+
+
+__all__ = [
+    "MAX_AGGREGATION_ATTEMPTS",
+    "AggregationInputs",
+    "JobMetrics",
+    "RoundToOpen",
+    "SweepResult",
+    "aggregation_inputs",
+    "claim_aggregation",
+    "eligible_members",
+    "fail_round",
+    "maybe_close_round",
+    "open_round",
+    "publish_round",
+    "round_to_open",
+    "sweep",
+]
