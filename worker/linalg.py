@@ -164,8 +164,20 @@ def matrix_svd(W: Tensor, rank: int | None = None) -> FactoredSVD:
     return FactoredSVD(U[..., :k], S, Vh[..., :k, :])
 
 
+def _pad_rows(X: Tensor, rows: int) -> Tensor:
+    """``X`` (..., R, k) zero-padded to (..., rows, k)."""
+    out = X.new_zeros((*X.shape[:-2], rows, X.shape[-1]))
+    out[..., : X.shape[-2], :] = X
+    return out
+
+
 def factored_svd(Bc: Tensor, Ac: Tensor, rank: int | None = None) -> FactoredSVD:
-    """SVD of ``Bc @ Ac`` without forming it: thin QRs of both factors + float64 core SVD.
+    """SVD of ``Bc @ Ac`` without forming it: QRs of both factors + float64 core SVD.
+
+    ``Bc = Q_B R_B`` and ``Ac^T = Q_A R_A`` (Householder, ``geqrf``); the core
+    ``R_B R_A^T = U_M Sigma V_M^T`` (R x R, float64); then ``U = Q_B U_M[:, :k]`` and
+    ``V = Q_A V_M[:, :k]``, applying the Householder reflectors to the k kept vectors only
+    (``ormqr``) instead of forming ``Q_B`` and ``Q_A``.
 
     Cost ``O((m + d) R^2 + R^3)`` time and ``O((m + d) R)`` memory. ``rank`` (default: all
     ``R``) bounds the singular vectors kept. Falls back to :func:`dense_svd` when
@@ -175,13 +187,15 @@ def factored_svd(Bc: Tensor, Ac: Tensor, rank: int | None = None) -> FactoredSVD
     if min(m, d) <= R:
         return dense_svd(Bc, Ac, rank)
     dt = work_dtype(Bc, Ac)
-    QB, RB = torch.linalg.qr(Bc.to(dt))  # (..., m, R), (..., R, R)
-    QA, RA = torch.linalg.qr(Ac.to(dt).transpose(-1, -2))  # (..., d, R), (..., R, R)
+    # Householder QR without forming Q (geqrf); Q is applied to the k kept vectors only (ormqr).
+    hb, tau_b = torch.geqrf(Bc.to(dt))  # R_B in the upper triangle of hb[..., :R, :]
+    ha, tau_a = torch.geqrf(Ac.to(dt).transpose(-1, -2).contiguous())
+    RB, RA = hb[..., :R, :].triu(), ha[..., :R, :].triu()
     core = RB.double() @ RA.double().transpose(-1, -2)
     Um, S, Vmh = torch.linalg.svd(core, full_matrices=False)
     k = R if rank is None else min(rank, R)
-    U = QB @ Um[..., :k].to(dt)
-    V = QA @ Vmh[..., :k, :].transpose(-1, -2).to(dt)
+    U = torch.ormqr(hb, tau_b, _pad_rows(Um[..., :k].to(dt), m))
+    V = torch.ormqr(ha, tau_a, _pad_rows(Vmh[..., :k, :].transpose(-1, -2).to(dt), d))
     return FactoredSVD(U, S.to(dt), V.transpose(-1, -2).contiguous())
 
 

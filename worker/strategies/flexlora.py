@@ -67,6 +67,17 @@ def stack_group(
     return Bc, Ac
 
 
+CHUNK_BYTES = 1 << 30
+"""Stacked factors of at most this many bytes are processed in one batched call."""
+
+
+def layer_chunks(modules: list[str], shape: tuple[int, int], stacked_rank: int) -> list[list[str]]:
+    """Split a shape group so that each batch's ``Bc`` + ``Ac`` stays under ``CHUNK_BYTES``."""
+    per_layer = (shape[0] + shape[1]) * stacked_rank * 4
+    size = max(1, CHUNK_BYTES // max(per_layer, 1))
+    return [modules[i : i + size] for i in range(0, len(modules), size)]
+
+
 class FlexLoRA(GlobalLoRAStrategy):
     """Average of products + factored SVD redistribution."""
 
@@ -83,7 +94,13 @@ class FlexLoRA(GlobalLoRAStrategy):
         out: dict[str, Tensor] = {}
         errors: list[float] = []
         stacked = [(pi * u.lora.scaling, u.tensors) for pi, u in zip(p, updates, strict=True)]
-        for modules in shape_groups(ctx.model).values():
+        stacked_rank = sum(u.lora.rank for u in updates)
+        chunks = [
+            chunk
+            for shape, group in shape_groups(ctx.model).items()
+            for chunk in layer_chunks(group, shape, stacked_rank)
+        ]
+        for modules in chunks:
             Bc, Ac = stack_group(modules, stacked, self.device)
             svd = factored_svd(Bc, Ac, rank)
             B, A = svd.factors(rank, s_g, self.params.sigma_split)

@@ -56,7 +56,7 @@ from worker.strategies.base import (
 )
 from worker.strategies.common import average_heads, data_weights, refill_dead_components
 from worker.strategies.common import shape_groups as _groups
-from worker.strategies.flexlora import stack_group
+from worker.strategies.flexlora import layer_chunks, stack_group
 from worker.strategies.global_lora import GlobalLoRAStrategy
 from worker.strategies.params import SDFLoRAParams
 
@@ -167,7 +167,13 @@ class SDFLoRA(GlobalLoRAStrategy):
         noise_std = self.params.server_noise_multiplier * self.params.server_clip_norm * max(p)
         out: dict[str, Tensor] = {}
         tails: list[float] = []
-        for modules in _groups(ctx.model).values():
+        stacked_rank = sum(t[lora_a_key(next(iter(ctx.model.modules)))].shape[0] for _, t in blocks)
+        chunks = [
+            chunk
+            for shape, group in _groups(ctx.model).items()
+            for chunk in layer_chunks(group, shape, stacked_rank)
+        ]
+        for modules in chunks:
             Bc, Ac = stack_group(modules, blocks, self.device)
             svd = self._compress(Bc, Ac, rank, noise_std)
             B, A = svd.factors(rank, ctx.scaling(rank), "balanced")
