@@ -1,0 +1,168 @@
+"""Admin CRUD, key handling, enrollment, federation validation and lifecycle."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import Client, JoinToken, utcnow
+from tests.api.conftest import ADMIN_EMAIL
+from tests.api.factories import federation_body
+from tests.api.world import build_world, enroll, make_org
+
+V1 = "/api/v1"
+
+
+def test_login_rejects_wrong_password_and_tokens_work(api: TestClient) -> None:
+    r = api.post(f"{V1}/auth/login", json={"email": ADMIN_EMAIL, "password": "nope"})
+    assert r.status_code == 401
+    assert r.json()["detail"] == "wrong email or password"
+    assert api.get(f"{V1}/auth/me", headers={"Authorization": "Bearer junk"}).status_code == 401
+
+
+def test_login_token_identifies_the_admin(api: TestClient, admin_headers: dict[str, str]) -> None:
+    assert api.get(f"{V1}/auth/me", headers=admin_headers).json()["email"] == ADMIN_EMAIL
+
+
+def test_organization_crud_and_paging(api: TestClient, admin_headers: dict[str, str]) -> None:
+    ids = [make_org(api, admin_headers, f"org-{i}") for i in range(3)]
+    r = api.get(f"{V1}/organizations?skip=1&limit=1", headers=admin_headers).json()
+    assert r["count"] == 3
+    assert [o["id"] for o in r["data"]] == [ids[1]]
+    r = api.post(f"{V1}/organizations", json={"name": "org-0"}, headers=admin_headers)
+    assert r.status_code == 409
+    assert "choose another name" in r.json()["detail"]
+    r = api.patch(f"{V1}/organizations/{ids[0]}", json={"description": "d"}, headers=admin_headers)
+    assert r.json()["description"] == "d"
+    r = api.patch(f"{V1}/organizations/{ids[0]}", json={"id": ids[1]}, headers=admin_headers)
+    assert r.status_code == 422  # ids and server fields are not settable
+    assert api.delete(f"{V1}/organizations/{ids[2]}", headers=admin_headers).status_code == 204
+    assert api.get(f"{V1}/organizations/{ids[2]}", headers=admin_headers).status_code == 404
+    audit = api.get(f"{V1}/audit-log", headers=admin_headers).json()
+    assert {"organization.create", "organization.update", "organization.delete"} <= {
+        e["action"] for e in audit["data"]
+    }
+
+
+def test_api_keys_are_stored_hashed_revocable_and_rotatable(
+    api: TestClient, admin_headers: dict[str, str], app_sessions: sessionmaker[Session]
+) -> None:
+    org = make_org(api, admin_headers, "keys")
+    party = enroll(api, admin_headers, org, "c1")
+    with app_sessions() as s:
+        stored = s.scalars(sa.select(Client.api_key_hash)).all()
+    assert party.key not in stored
+    assert api.get(f"{V1}/client/me", headers=party.headers).status_code == 200
+    r = api.post(f"{V1}/clients/{party.client_id}/revoke", headers=admin_headers)
+    assert r.json()["revoked"] is True
+    r = api.get(f"{V1}/client/me", headers=party.headers)
+    assert r.status_code == 401
+    assert "revoked" in r.json()["detail"]
+    r = api.post(f"{V1}/clients/{party.client_id}/rotate-key", headers=admin_headers)
+    new_key = r.json()["api_key"]
+    assert new_key != party.key
+    assert api.get(f"{V1}/client/me", headers=party.headers).status_code == 401
+    me = api.get(f"{V1}/client/me", headers={"Authorization": f"Bearer {new_key}"})
+    assert me.status_code == 200
+    listed = api.get(f"{V1}/clients/{party.client_id}", headers=admin_headers).json()
+    assert "api_key" not in listed
+
+
+def test_join_tokens_are_one_time_and_expire(
+    api: TestClient, admin_headers: dict[str, str], app_sessions: sessionmaker[Session]
+) -> None:
+    org = make_org(api, admin_headers, "tokens")
+    token = api.post(
+        f"{V1}/join-tokens", json={"organization_id": org}, headers=admin_headers
+    ).json()["token"]
+    assert api.post(f"{V1}/enroll", json={"join_token": token, "name": "x"}).status_code == 201
+    r = api.post(f"{V1}/enroll", json={"join_token": token, "name": "y"})
+    assert r.status_code == 401
+    assert "already used" in r.json()["detail"]
+    token2 = api.post(
+        f"{V1}/join-tokens", json={"organization_id": org}, headers=admin_headers
+    ).json()["token"]
+    with app_sessions() as s:
+        s.execute(sa.update(JoinToken).values(expires_at=utcnow() - timedelta(seconds=1)))
+        s.commit()
+    assert api.post(f"{V1}/enroll", json={"join_token": token2, "name": "z"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"strategy": "fedmagic"}, "unknown strategy 'fedmagic'"),
+        ({"min_clients": 3, "clients_per_round": 2}, "min_clients (3) exceeds clients_per_round"),
+        ({"strategy_params": {"no_such_param": 1}}, "strategy_params for 'fedavg' are invalid"),
+        ({"status": "running"}, "Extra inputs are not permitted"),
+        ({"target_modules": ["../etc"]}, "not a dotted identifier"),
+        ({"dp": {"mode": "sample"}}, "noise_multiplier and target_epsilon"),
+    ],
+)
+def test_federation_validation_messages_say_what_to_fix(
+    api: TestClient, admin_headers: dict[str, str], override: dict[str, object], message: str
+) -> None:
+    r = api.post(f"{V1}/federations", json=federation_body(**override), headers=admin_headers)
+    assert r.status_code == 422, r.text
+    assert message in r.text
+
+
+def test_federation_lifecycle_and_draft_only_fields(
+    api: TestClient, admin_headers: dict[str, str]
+) -> None:
+    w = build_world(api, admin_headers)
+    fed = f"{V1}/federations/{w.federation_id}"
+    assert api.post(f"{fed}/pause", headers=admin_headers).status_code == 409
+    assert api.post(f"{fed}/start", headers=admin_headers).json()["status"] == "running"
+    r = api.patch(fed, json={"num_rounds": 9}, headers=admin_headers)
+    assert r.status_code == 409
+    assert "only while the federation is a draft" in r.json()["detail"]
+    assert api.patch(fed, json={"name": "renamed"}, headers=admin_headers).status_code == 200
+    assert api.post(f"{fed}/pause", headers=admin_headers).json()["status"] == "paused"
+    assert api.post(f"{fed}/resume", headers=admin_headers).json()["status"] == "running"
+    assert api.delete(fed, headers=admin_headers).status_code == 409
+    assert api.post(f"{fed}/cancel", headers=admin_headers).json()["status"] == "cancelled"
+    assert api.post(f"{fed}/resume", headers=admin_headers).status_code == 409
+    assert api.delete(fed, headers=admin_headers).status_code == 204
+
+
+def test_start_needs_enough_members(api: TestClient, admin_headers: dict[str, str]) -> None:
+    r = api.post(f"{V1}/federations", json=federation_body(), headers=admin_headers)
+    r = api.post(f"{V1}/federations/{r.json()['id']}/start", headers=admin_headers)
+    assert r.status_code == 409
+    assert "add memberships first" in r.json()["detail"]
+
+
+def test_memberships_rank_budget_and_fingerprint_report(
+    api: TestClient, admin_headers: dict[str, str]
+) -> None:
+    w = build_world(api, admin_headers)
+    base = f"{V1}/federations/{w.federation_id}/memberships"
+    members = api.get(base, headers=admin_headers).json()
+    assert members["count"] == 2
+    m = members["data"][0]
+    assert m["epsilon_spent"] == 0.0
+    r = api.patch(f"{base}/{m['id']}", json={"rank_budget": 8}, headers=admin_headers)
+    assert r.json()["rank_budget"] == 8
+    r = api.patch(f"{base}/{m['id']}", json={"epsilon_spent": 0}, headers=admin_headers)
+    assert r.status_code == 422
+    r = api.post(base, json={"client_id": w.a1.client_id, "rank_budget": 4}, headers=admin_headers)
+    assert r.status_code == 409
+    r = api.put(
+        f"{V1}/client/memberships/{w.federation_id}",
+        json={"fingerprint": "cd" * 32},
+        headers=w.a1.headers,
+    )
+    assert r.status_code == 422
+    assert "does not match the federation's base model" in r.json()["detail"]
+
+
+def test_strategies_publish_their_parameter_schemas(
+    api: TestClient, admin_headers: dict[str, str]
+) -> None:
+    names = {s["name"] for s in api.get(f"{V1}/strategies", headers=admin_headers).json()}
+    assert names == {"fedavg", "hetlora", "flora", "flexlora", "fslora", "sdflora", "prelort"}
