@@ -1,4 +1,4 @@
-import { lazy, Suspense, useEffect, type ReactNode } from "react";
+import { lazy, Suspense, useEffect, useRef, type ReactNode } from "react";
 import { Link, Redirect, Route, Switch, useLocation } from "wouter";
 import { useQueryClient } from "@tanstack/react-query";
 import { setUnauthorizedHandler } from "./api/client";
@@ -16,6 +16,16 @@ const ArtifactsPage = lazy(() => import("./pages/Artifacts"));
 
 function NavLink({ href, children }: { href: string; children: ReactNode }) {
   const [location] = useLocation();
+  const first = useRef(true);
+  // After client-side navigation, move focus to the new page so keyboard and screen-reader
+  // users start at its top (as on a full page load).
+  useEffect(() => {
+    if (first.current) {
+      first.current = false;
+      return;
+    }
+    document.getElementById("main")?.focus();
+  }, [location]);
   const active = location === href || location.startsWith(`${href}/`);
   return (
     <Link href={href} aria-current={active ? "page" : undefined}>

@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   ADMIN_EMAIL,
+  ADMIN_PASSWORD,
   RESULTS,
   HAS_API,
   MODEL_SPEC,
@@ -33,12 +34,26 @@ async function withBrowser(fn) {
   }
 }
 
-test("sign in, see the federations page, sign out", opts, () =>
+test("sign in with the keyboard, move around, sign out", opts, () =>
   withBrowser(async (page) => {
-    await signIn(page);
+    await page.goto("/");
+    await page.getByRole("heading", { name: "Sign in" }).waitFor();
+    await page.keyboard.press("Tab");
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("type")), "email");
+    await page.keyboard.type(ADMIN_EMAIL);
+    await page.keyboard.press("Tab");
+    await page.keyboard.type(ADMIN_PASSWORD);
+    await page.keyboard.press("Enter");
     await page.getByRole("heading", { name: "Federations", level: 1 }).waitFor();
     assert.equal(await page.getByText(ADMIN_EMAIL).count(), 1);
     await screenshot(page, "federations");
+
+    await page.getByRole("link", { name: "Organizations" }).focus();
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { name: "Organizations", level: 1 }).waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement?.id), "main", "focus moves to the new page");
+    assert.equal(await page.title(), "Organizations · fedlora");
+
     await page.getByRole("button", { name: "Sign out" }).click();
     await page.getByRole("heading", { name: "Sign in" }).waitFor();
   }));

@@ -1,4 +1,4 @@
-import { useId, useState, type ReactNode } from "react";
+import { useEffect, useId, useState, type ReactNode } from "react";
 
 export function PageHeader({
   title,
@@ -9,6 +9,10 @@ export function PageHeader({
   subtitle?: ReactNode;
   actions?: ReactNode;
 }) {
+  const text = typeof title === "string" ? title : null;
+  useEffect(() => {
+    if (text) document.title = `${text} · fedlora`;
+  }, [text]);
   return (
     <header className="page-header">
       <div>

@@ -1,5 +1,5 @@
 import { Link } from "wouter";
-import { useQuery } from "@tanstack/react-query";
+import { useQueries, useQuery } from "@tanstack/react-query";
 import { api, call } from "../api/client";
 import type { components } from "../api/client";
 import { Empty, QueryView } from "../components/states";
@@ -19,6 +19,36 @@ export function FederationsPage() {
     refetchInterval: (q) =>
       (q.state.data?.data as FederationRow[] | undefined)?.some((f) => f.status === "running") ? 5_000 : false,
   });
+  // Progress and participants per federation: the list's counts (limit 1) of its rounds and
+  // memberships. Rounds are numbered from 1 without gaps, so their count is the current round.
+  const rows = (feds.data?.data ?? []) as FederationRow[];
+  const live = rows.some((f) => f.status === "running") ? 5_000 : false;
+  const counts = useQueries({
+    queries: rows.flatMap((f) => [
+      {
+        queryKey: ["federation", f.id, "rounds", "count"],
+        queryFn: () =>
+          call(api.GET("/api/v1/federations/{federation_id}/rounds", { params: { path: { federation_id: f.id }, query: { limit: 1 } } })),
+        enabled: f.current_round === undefined,
+        refetchInterval: f.status === "running" ? live : (false as const),
+      },
+      {
+        queryKey: ["federation", f.id, "memberships", "count"],
+        queryFn: () =>
+          call(
+            api.GET("/api/v1/federations/{federation_id}/memberships", { params: { path: { federation_id: f.id }, query: { limit: 1 } } }),
+          ),
+        enabled: f.member_count === undefined,
+      },
+    ]),
+  });
+  const progress = new Map(
+    rows.map((f, i) => [
+      f.id,
+      { round: f.current_round ?? counts[2 * i]?.data?.count, members: f.member_count ?? counts[2 * i + 1]?.data?.count },
+    ]),
+  );
+
   return (
     <>
       <PageHeader
@@ -72,9 +102,9 @@ export function FederationsPage() {
                         <span className="chip">{f.strategy}</span>
                       </td>
                       <td className="num">
-                        {f.current_round ?? "—"} / {f.num_rounds}
+                        {progress.get(f.id)?.round || "—"} / {f.num_rounds}
                       </td>
-                      <td className="num">{f.member_count ?? "—"}</td>
+                      <td className="num">{progress.get(f.id)?.members ?? "—"}</td>
                       <td className="mono">{f.base_model_id}</td>
                       <td title={dateTime(f.updated_at)}>{ago(f.updated_at)}</td>
                     </tr>

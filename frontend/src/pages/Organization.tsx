@@ -1,6 +1,6 @@
 import { useState, type FormEvent } from "react";
 import { Link } from "wouter";
-import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { useMutation, useQueries, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, call, errorMessage } from "../api/client";
 import type { components } from "../api/client";
 import { useServerErrors } from "../components/form";
@@ -23,7 +23,40 @@ function hardwareSummary(hw: Record<string, unknown>): string {
   return entries.length ? entries.map(([k, v]) => `${k}: ${String(v)}`).join(", ") : "not reported";
 }
 
-function ClientRow({ client, onKey }: { client: ClientPublic; onKey: (key: string, name: string) => void }) {
+type Seat = { federation: string; federationId: string; rank: number };
+
+/** Each client's rank budget in every federation it belongs to. */
+function useSeats(): Map<string, Seat[]> {
+  const feds = useQuery({
+    queryKey: ["federations"],
+    queryFn: () => call(api.GET("/api/v1/federations", { params: { query: { limit: 500 } } })),
+  });
+  const list = feds.data?.data ?? [];
+  const members = useQueries({
+    queries: list.map((f) => ({
+      queryKey: ["federation", f.id, "memberships"],
+      queryFn: () =>
+        call(api.GET("/api/v1/federations/{federation_id}/memberships", { params: { path: { federation_id: f.id }, query: { limit: 500 } } })),
+    })),
+  });
+  const seats = new Map<string, Seat[]>();
+  list.forEach((f, i) => {
+    for (const m of members[i]?.data?.data ?? []) {
+      seats.set(m.client_id, [...(seats.get(m.client_id) ?? []), { federation: f.name, federationId: f.id, rank: m.rank_budget }]);
+    }
+  });
+  return seats;
+}
+
+function ClientRow({
+  client,
+  seats,
+  onKey,
+}: {
+  client: ClientPublic;
+  seats: Seat[];
+  onKey: (key: string, name: string) => void;
+}) {
   const qc = useQueryClient();
   const [error, setError] = useState<string | null>(null);
   const refresh = () => qc.invalidateQueries({ queryKey: ["clients", client.organization_id] });
@@ -51,6 +84,17 @@ function ClientRow({ client, onKey }: { client: ClientPublic; onKey: (key: strin
       </td>
       <td>{client.revoked ? <StatusBadge status="revoked" /> : <StatusBadge status="active" />}</td>
       <td>{hardwareSummary(client.hardware)}</td>
+      <td>
+        {seats.length ? (
+          seats.map((x) => (
+            <Link key={x.federationId} href={`/federations/${x.federationId}`} className="chip">
+              {x.federation}: r≤{x.rank}
+            </Link>
+          ))
+        ) : (
+          <span className="muted">none</span>
+        )}
+      </td>
       <td title={dateTime(client.last_seen_at)}>{ago(client.last_seen_at)}</td>
       <td>
         <div className="page-actions">
@@ -194,6 +238,7 @@ export default function OrganizationPage({ id }: { id: string }) {
     refetchInterval: 15_000,
   });
   const [newKey, setNewKey] = useState<{ key: string; name: string } | null>(null);
+  const seats = useSeats();
 
   if (org.isPending) return <Loading label="Loading organization" />;
   if (org.error) return <ErrorState error={org.error} retry={() => void org.refetch()} />;
@@ -224,13 +269,14 @@ export default function OrganizationPage({ id }: { id: string }) {
                     <th scope="col">Client</th>
                     <th scope="col">Key</th>
                     <th scope="col">Hardware</th>
+                    <th scope="col">Rank budgets</th>
                     <th scope="col">Last seen</th>
                     <th scope="col">Actions</th>
                   </tr>
                 </thead>
                 <tbody>
                   {d.data.map((c) => (
-                    <ClientRow key={c.id} client={c} onKey={(key, name) => setNewKey({ key, name })} />
+                    <ClientRow key={c.id} client={c} seats={seats.get(c.id) ?? []} onKey={(key, name) => setNewKey({ key, name })} />
                   ))}
                 </tbody>
               </table>
