@@ -1,19 +1,18 @@
 """Benchmark: does accepting a large adapter upload keep the API's memory flat?
 
 The issue's target: a 512 MiB adapter is uploaded with resident memory growing by < 50 MB.
-A generated safetensors adapter (PEFT-keyed LoRA factors, F32) is uploaded four ways:
+A generated safetensors adapter (PEFT-keyed LoRA factors, F32) is uploaded three ways:
 
 * in-process, through the store's writer and the validator (``store_upload``);
 * in-process, as a resumable session of 8 MiB appends, then ``accept_partial_upload``;
-* over HTTP to a minimal ASGI app with the same data path, under uvicorn (no auth, no DB);
 * over HTTP to the real fedlora app under uvicorn: admin API builds a federation, a round is
   opened as the worker does, the client leases the task and PATCHes its update.
 
-In-process scenarios run in a fresh spawned process each; growth is the peak of an RSS sampler
-thread (every 2 ms) minus the RSS just before the upload, and ``ru_maxrss`` (the kernel's exact
-peak) minus the same baseline, an upper bound. Server scenarios sample the server process's RSS
-and read its ``VmHWM`` (peak) from /proc. A "naive" scenario that loads the file whole with
-``safetensors.numpy`` shows that the meter does see growth.
+Each in-process scenario runs in a fresh spawned process; the server runs in its own. Growth
+is measured twice against the RSS just before the upload: the peak seen by a sampler thread
+(every 2 ms), and the kernel's exact peak (``VmHWM``, reset through /proc/<pid>/clear_refs
+first; ``ru_maxrss``, a lifetime upper bound, where that is unavailable). A "naive" scenario
+that loads the file whole with ``safetensors.numpy`` shows that the meter does see growth.
 
 Usage: ``python bench/upload_memory.py [--quick]`` (512 MiB, or 32 MiB). Prints a table and
 writes ``bench/results/upload_memory.json``.
@@ -22,7 +21,9 @@ writes ``bench/results/upload_memory.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import hashlib
 import json
 import multiprocessing
 import platform
@@ -185,38 +186,6 @@ def measure_in_process(name: str, src: str, workdir: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- over HTTP
 
 
-def harness_app(root: str, size: int) -> Any:
-    """The upload route's data path alone (create, PATCH at an offset, accept when complete)."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    store, shapes = ArtifactStore(root), adapter_shapes(size)
-
-    async def create(request: Request) -> JSONResponse:
-        return JSONResponse({"upload_id": store.create_partial()})
-
-    async def patch(request: Request) -> JSONResponse:
-        uid, offset = request.path_params["uid"], int(request.headers["upload-offset"])
-        with store.append_partial(uid, offset=offset, max_bytes=size) as appender:
-            async for chunk in request.stream():
-                appender.write(chunk)
-        if appender.offset < size:
-            return JSONResponse({"offset": appender.offset, "status": "receiving"})
-        await run_in_threadpool(
-            accept_partial_upload, store, uid, expected_shapes=shapes, max_header_bytes=16 * MiB
-        )
-        return JSONResponse({"offset": size, "status": "accepted"})
-
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({})
-
-    routes = [Route("/healthz", health), Route("/uploads", create, methods=["POST"])]
-    return Starlette(routes=[*routes, Route("/uploads/{uid}", patch, methods=["PATCH"])])
-
-
 def bench_settings(workdir: str) -> Any:
     from api.config import Settings
 
@@ -228,16 +197,14 @@ def bench_settings(workdir: str) -> Any:
     )
 
 
-def serve(real: bool, workdir: str, size: int, port: int) -> None:
+def serve(workdir: str, port: int) -> None:
+    """The real app (routes, auth, SQLite, store) under uvicorn; jobs are only recorded."""
     import uvicorn
 
-    if real:
-        from api.main import create_app
-        from api.queue import RecordingEnqueuer
+    from api.main import create_app
+    from api.queue import RecordingEnqueuer
 
-        app = create_app(bench_settings(workdir), enqueuer=RecordingEnqueuer())
-    else:
-        app = harness_app(str(Path(workdir) / "harness"), size)
+    app = create_app(bench_settings(workdir), enqueuer=RecordingEnqueuer())
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -303,19 +270,6 @@ def lease_task(client: httpx.Client, workdir: str, shapes: Shapes) -> tuple[str,
     return str(task["task_id"]), auth
 
 
-def upload(client: httpx.Client, src: Path, create: Callable[[], str], url: str, hdr: Any) -> Any:
-    """The client side of a resumable upload: PATCH 8 MiB bodies until the server accepts."""
-    size = src.stat().st_size
-    state: dict[str, Any] = {"offset": 0, "status": "receiving"}
-    upload_id = create()
-    while state["status"] != "accepted":
-        headers = {**hdr, wire.UPLOAD_OFFSET_HEADER: str(state["offset"])}
-        content = body(src, RECEIVE_CHUNK, int(state["offset"]), PATCH_BYTES)
-        state = ok(client.patch(url.format(upload_id=upload_id), content=content, headers=headers))
-        assert state["offset"] <= size
-    return state
-
-
 def reset_peak_rss(pid: int) -> bool:
     """Reset a process's ``VmHWM`` to its current RSS (Linux: write 5 to clear_refs)."""
     try:
@@ -335,72 +289,56 @@ def peak_rss(pid: int) -> int | None:
     return int(kib[0]) * 1024 if kib else None
 
 
-def measure_server(src: Path, workdir: str, real: bool) -> dict[str, Any]:
-    """Start a server process, prepare (untimed), then upload and sample the server's RSS."""
+def measure_server(src: Path, workdir: str) -> dict[str, Any]:
+    """Start the app in its own process, prepare a leased task (untimed), then PATCH the update
+    in 8 MiB requests until the route accepts it, sampling the server's RSS throughout."""
+    from api.db import Base, create_db_engine
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     size = src.stat().st_size
-    server = multiprocessing.get_context("spawn").Process(
-        target=serve, args=(real, workdir, size, port)
-    )
+    settings = bench_settings(workdir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # schema from the models (Alembic's job)
+    Base.metadata.create_all(create_db_engine(settings.resolved_database_url))
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(workdir, port))
     server.start()
-    if real:  # the schema is Alembic's job; the bench creates it from the models up front
-        from api.db import Base, create_db_engine
-
-        bench_settings(workdir).data_dir.mkdir(parents=True, exist_ok=True)
-        Base.metadata.create_all(create_db_engine(bench_settings(workdir).resolved_database_url))
-    base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, timeout=300) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
             for _ in range(400):
-                try:
+                with contextlib.suppress(httpx.TransportError):
                     if client.get("/healthz").status_code == 200:
                         break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            if real:
-                task_id, auth = lease_task(client, workdir, adapter_shapes(size))
-                manifest = wire.UploadManifest(
-                    task_id=task_id, base_model_fingerprint=FINGERPRINT,
-                    lora=wire.LoraSpec(rank=64, lora_alpha=128), sha256=sha256_of(src), size=size,
-                    num_examples=100,
-                ).model_dump(mode="json")  # fmt: skip
-                hdr = {**auth, wire.IDEMPOTENCY_HEADER: str(uuid.uuid4())}
-                url = f"{base}{wire.Routes.UPLOADS.format(task_id=task_id)}"
-
-                def create() -> str:
-                    return str(ok(client.post(url, json=manifest, headers=hdr))["upload_id"])
-
-                patch_url, name = wire.Routes.UPLOAD, "real fedlora app under uvicorn + httpx"
-            else:
-                hdr = {}
-
-                def create() -> str:
-                    return str(ok(client.post("/uploads"))["upload_id"])
-
-                patch_url, name = "/uploads/{upload_id}", "ASGI harness under uvicorn + httpx"
+                time.sleep(0.05)
+            task_id, auth = lease_task(client, workdir, adapter_shapes(size))
+            with src.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            manifest = wire.UploadManifest(
+                task_id=task_id, base_model_fingerprint=FINGERPRINT, size=size, num_examples=100,
+                lora=wire.LoraSpec(rank=64, lora_alpha=128), sha256=digest,
+            ).model_dump(mode="json")  # fmt: skip
+            headers = {**auth, wire.IDEMPOTENCY_HEADER: str(uuid.uuid4())}
             gc.collect()
             sampler = PeakSampler(psutil.Process(server.pid))
             sampler.start()
-            start = time.perf_counter()
-            final = upload(client, src, create, patch_url, hdr)
-            secs = time.perf_counter() - start
+            begin = time.perf_counter()
+            url = wire.Routes.UPLOADS.format(task_id=task_id)
+            state = ok(client.post(url, json=manifest, headers=headers))
+            while state["status"] != "accepted":
+                offset = int(state["offset"])
+                reply = client.patch(
+                    wire.Routes.UPLOAD.format(upload_id=state["upload_id"]),
+                    content=body(src, RECEIVE_CHUNK, offset, PATCH_BYTES),
+                    headers={**auth, wire.UPLOAD_OFFSET_HEADER: str(offset)},
+                )
+                state = ok(reply)
+            secs = time.perf_counter() - begin
             growth, peak = sampler.stop()
-            assert final["status"] == "accepted", final
+            name = "real fedlora app under uvicorn + httpx"
             return row(name, sampler.baseline, growth, peak, size, secs)
     finally:
         server.terminate()
         server.join()
-
-
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for chunk in body(path, MiB):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- report
@@ -422,13 +360,11 @@ def main() -> int:
             with multiprocessing.get_context("spawn").Pool(1) as pool:
                 measured = pool.apply(measure_in_process, (name, str(src), tmp))
                 rows.append({**measured, "targeted": targeted})
-        for real in (False, True):
-            try:
-                rows.append({**measure_server(src, tmp, real), "targeted": True})
-            except Exception as exc:  # the real app is built in parallel; report, do not hide
-                traceback.print_exc()
-                what = "real app" if real else "harness"
-                rows.append({"scenario": f"{what}: {exc}"[:200], "skipped": True})
+        try:
+            rows.append({**measure_server(src, tmp), "targeted": True})
+        except Exception as exc:  # the app is built in parallel: report, do not hide
+            traceback.print_exc()
+            rows.append({"scenario": f"real app: {exc}"[:200], "skipped": True})
 
     print(f"\nupload of a {size / MiB:.0f} MiB safetensors adapter (target: < {TARGET_MB:.0f} MB)")
     print(f"{'scenario':48} {'sampled MB':>10} {'peak MB':>8} {'MB/s':>6}  result")
