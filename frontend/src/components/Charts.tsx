@@ -117,7 +117,7 @@ export function LossChart({ data, evalName }: { data: RoundPoint[]; evalName: st
         { label: "round" },
         { label: "train loss", stroke: t.a, width: 2, scale: "loss", points: { size: 6, fill: t.a }, spanGaps: true },
       ];
-      const axes = [axis(t), axis(t, { scale: "loss", label: "train loss", labelFont: t.font })];
+      const axes = [axis(t, { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }), axis(t, { scale: "loss", label: "train loss", labelFont: t.font })];
       const cols: (number | null)[][] = [data.map((d) => d.round), data.map((d) => d.train_loss ?? null)];
       if (evalName) {
         series.push({ label: evalName, stroke: t.b, width: 2, scale: "eval", points: { size: 6, fill: t.b }, spanGaps: true });

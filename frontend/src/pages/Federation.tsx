@@ -437,7 +437,7 @@ export default function FederationPage({ id }: { id: string }) {
                         {m.fingerprint == null ? (
                           <span className="muted">not reported</span>
                         ) : m.fingerprint === f.model.fingerprint ? (
-                          <StatusBadge status="completed" />
+                          <span className="badge badge-ok">matches</span>
                         ) : (
                           <span className="badge badge-bad">mismatch</span>
                         )}
