@@ -63,11 +63,8 @@ class OffsetMismatchError(ArtifactError):
     status_code = 409
 
     def __init__(self, *, expected: int, got: int) -> None:
-        super().__init__(
-            f"upload offset {got} does not match the received size; expected {expected}"
-        )
-        self.expected = expected
-        self.got = got
+        super().__init__(f"upload offset {got} is not where the upload ends; expected {expected}")
+        self.expected, self.got = expected, got
 
 
 class UploadBusyError(ArtifactError):
@@ -79,8 +76,7 @@ class SizeLimitExceededError(ArtifactError):
 
     def __init__(self, *, limit: int, size: int) -> None:
         super().__init__(f"upload too large: {size} bytes exceeds the limit of {limit} bytes")
-        self.limit = limit
-        self.size = size
+        self.limit, self.size = limit, size
 
 
 class DigestMismatchError(ArtifactError):
@@ -88,8 +84,7 @@ class DigestMismatchError(ArtifactError):
 
     def __init__(self, *, expected: str, actual: str) -> None:
         super().__init__(f"sha256 mismatch: declared {expected}, received bytes hash to {actual}")
-        self.expected = expected
-        self.actual = actual
+        self.expected, self.actual = expected, actual
 
 
 @dataclass(frozen=True)
@@ -119,13 +114,10 @@ def check_sha256(sha256: str) -> str:
 
 
 def _check_upload_id(upload_id: str) -> str:
-    try:
-        canonical = str(uuid.UUID(upload_id))
-    except (ValueError, TypeError, AttributeError):
-        canonical = ""
-    if canonical != upload_id:
-        raise ArtifactNotFoundError(f"unknown upload session {upload_id!r}")
-    return upload_id
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        if str(uuid.UUID(upload_id)) == upload_id:  # canonical form only: never a path
+            return upload_id
+    raise ArtifactNotFoundError(f"unknown upload session {upload_id!r}")
 
 
 def _lock_session(path: Path, mode: Literal["rb", "r+b"]) -> BinaryIO:
@@ -389,11 +381,9 @@ class ArtifactStore:
                 if verify is not None:
                     verify(path)
                 h = hashlib.sha256()
-                size = 0
-                while chunk := f.read(CHUNK_SIZE):
+                for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
                     h.update(chunk)
-                    size += len(chunk)
-                digest = h.hexdigest()
+                digest, size = h.hexdigest(), f.tell()
                 if expected_sha256 is not None and expected_sha256 != digest:
                     raise DigestMismatchError(expected=expected_sha256, actual=digest)
             except Exception:
