@@ -171,7 +171,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {_q(key)}")
         out[key] = value
     return out
 
@@ -184,15 +184,25 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _q(value: object, limit: int = 100) -> str:
+    """``repr`` cut to ``limit`` characters: messages echo client input, so bound it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _more(names: list[str]) -> str:
+    return f"{_q(names[0])}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
 def _tensor_info(name: str, entry: object, expected: tuple[int, ...]) -> TensorInfo:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise UploadRejected(
-            f"tensor {name!r}: header entry must have exactly dtype, shape and data_offsets"
+            f"tensor {_q(name)}: header entry must have exactly dtype, shape and data_offsets"
         )
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
         raise UploadRejected(
-            f"tensor {name!r} has dtype {dtype!r}; only {', '.join(sorted(ALLOWED_DTYPES))} "
+            f"tensor {_q(name)} has dtype {_q(dtype)}; only {', '.join(sorted(ALLOWED_DTYPES))} "
             "are accepted"
         )
     if (
@@ -200,10 +210,10 @@ def _tensor_info(name: str, entry: object, expected: tuple[int, ...]) -> TensorI
         or len(shape) > MAX_NDIM
         or not all(_is_int(d) and d >= 0 for d in shape)
     ):
-        raise UploadRejected(f"tensor {name!r} has an invalid shape {shape!r}")
+        raise UploadRejected(f"tensor {_q(name)} has an invalid shape {_q(shape)}")
     if tuple(shape) != expected:
         raise UploadRejected(
-            f"tensor {name!r} has shape {list(shape)}; the task's plan expects {list(expected)}"
+            f"tensor {_q(name)} has shape {_q(shape)}; the task's plan expects {list(expected)}"
         )
     if (
         not isinstance(offsets, list)
@@ -211,12 +221,12 @@ def _tensor_info(name: str, entry: object, expected: tuple[int, ...]) -> TensorI
         or not all(_is_int(o) for o in offsets)
         or not 0 <= offsets[0] <= offsets[1]
     ):
-        raise UploadRejected(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        raise UploadRejected(f"tensor {_q(name)} has invalid data_offsets {_q(offsets)}")
     need = math.prod(expected) * _FLOAT_LAYOUT[dtype][0]
     if offsets[1] - offsets[0] != need:
         raise UploadRejected(
-            f"tensor {name!r}: data_offsets {offsets} span {offsets[1] - offsets[0]} bytes but "
-            f"{dtype} {list(expected)} needs {need}"
+            f"tensor {_q(name)}: data_offsets {_q(offsets)} span {_q(offsets[1] - offsets[0])} "
+            f"bytes but {dtype} {list(expected)} needs {need}"
         )
     return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
 
@@ -225,23 +235,23 @@ def _check_names(names: set[str], expected: Mapping[str, object]) -> None:
     for name in sorted(names):
         if not is_safe_tensor_name(name):
             raise UploadRejected(
-                f"tensor name {name!r} is not allowed: names are dotted identifiers "
+                f"tensor name {_q(name)} is not allowed: names are dotted identifiers "
                 "(no '/', '..', spaces or control characters)"
             )
     missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
     if extra:
-        raise UploadRejected(f"unexpected tensor {extra[0]!r} (not in the task's plan)")
+        raise UploadRejected(f"unexpected tensor {_more(extra)} (not in the task's plan)")
     if missing:
-        raise UploadRejected(f"missing tensor {missing[0]!r} required by the task's plan")
+        raise UploadRejected(f"missing tensor {_more(missing)} required by the task's plan")
 
 
 def _check_layout(tensors: list[TensorInfo], data_bytes: int) -> None:
     pos, prev = 0, None
     for t in tensors:
         if t.begin < pos:
-            raise UploadRejected(f"tensors {prev!r} and {t.name!r} overlap in the data region")
+            raise UploadRejected(f"tensors {_q(prev)} and {_q(t.name)} overlap in the data region")
         if t.begin > pos:
-            raise UploadRejected(f"{t.begin - pos} unused bytes before tensor {t.name!r}")
+            raise UploadRejected(f"{t.begin - pos} unused bytes before tensor {_q(t.name)}")
         pos, prev = t.end, t.name
     if pos > data_bytes:
         raise UploadRejected(
@@ -266,14 +276,14 @@ def _check_finite(f: io.BufferedReader, data_start: int, t: TensorInfo, buf: byt
     while done < total:
         k = f.readinto(memoryview(buf)[: min(len(buf), total - done)])
         if not k:
-            raise UploadRejected(f"file is truncated inside tensor {t.name!r}")
+            raise UploadRejected(f"file is truncated inside tensor {_q(t.name)}")
         bad = nonfinite(memoryview(buf)[: k - k % itemsize], t.dtype)
         if bad.any():
             i = int(np.argmax(bad))
             value = int.from_bytes(buf[i * itemsize : (i + 1) * itemsize], "little")
             mantissa = (mask | (mask - 1)) ^ mask  # the bits below the exponent
             raise UploadRejected(
-                f"tensor {t.name!r} contains {'NaN' if value & mantissa else 'Inf'} at element "
+                f"tensor {_q(t.name)} contains {'NaN' if value & mantissa else 'Inf'} at element "
                 f"{done // itemsize + i}; all values must be finite"
             )
         done += k

@@ -258,6 +258,18 @@ def test_header_larger_than_the_plan_needs_is_rejected(tmp_path: Path) -> None:
     assert exc.value.status_code == 422
 
 
+def test_messages_echo_client_input_only_briefly(tmp_path: Path) -> None:
+    long_name = "a" * 5000 + "/x"
+    path = tmp_path / "long"
+    path.write_bytes(edit_header(rename(A, long_name)))
+    with pytest.raises(UploadRejected, match="is not allowed") as exc:
+        validate_safetensors(path, expected_shapes=EXPECTED, max_header_bytes=MAX_HEADER)
+    assert len(str(exc.value)) < 300
+    path.write_bytes(save({k: v for k, v in tensors().items() if k == A}))
+    with pytest.raises(UploadRejected, match=r"missing tensor .* \(and 1 more\)"):
+        validate_safetensors(path, expected_shapes=EXPECTED, max_header_bytes=MAX_HEADER)
+
+
 def test_expected_shapes_may_be_lists_from_json(tmp_path: Path) -> None:
     path = tmp_path / "ok"
     path.write_bytes(good())
