@@ -9,6 +9,7 @@ other modes draw fixed-size batches by shuffling.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ from fedlora_client._privacy import (
     secure_generator,
 )
 from fedlora_client.protocol import DPMode, TaskType, TrainingPlan
+
+log = logging.getLogger("fedlora_client")
 
 
 @dataclass
@@ -127,6 +130,11 @@ def train_round(
     rng = random.Random(plan.seed)
     nested = NestedTruncation(model, plan.lora.rank) if plan.nested_truncations else None
     sample_dp = dp.mode is DPMode.SAMPLE
+    if sample_dp and plan.private is not None:
+        log.warning(
+            "SDFLoRA with sample-level DP: the private module is trained without noise, so the "
+            "reported epsilon is not a formal sample-level guarantee (see the SDK README)"
+        )
     forward_model: Any = model
     dpsgd: DPSGD | None = None
     if sample_dp:
