@@ -231,9 +231,8 @@ class PartialAppender:
             self._file.close()
             raise OffsetMismatchError(expected=size, got=offset)
         self._file.seek(offset)
-        self._start = offset
+        self._start = self.offset = offset
         self._max = max_bytes
-        self.offset = offset
 
     def write(self, chunk: Buffer) -> None:
         n = memoryview(chunk).nbytes
@@ -278,10 +277,8 @@ class ArtifactStore:
         return self.path(sha256).is_file()
 
     def size(self, sha256: str) -> int:
-        try:
-            return self.path(sha256).stat().st_size
-        except FileNotFoundError:
-            raise ArtifactNotFoundError(f"no artifact {sha256}") from None
+        with self.open(sha256) as f:
+            return os.fstat(f.fileno()).st_size
 
     def open(self, sha256: str) -> BinaryIO:
         """A binary file open for reading; the caller closes it."""
@@ -405,10 +402,10 @@ class ArtifactStore:
                 with contextlib.suppress(FileNotFoundError, ArtifactError):
                     if path.stat().st_mtime >= cutoff:
                         continue
-                    if sub == "partial":  # unlink under the lock: skip sessions in use
-                        with _lock_session(path, "rb"):
-                            path.unlink()
-                    else:
+                    # a session is unlinked under its lock, so one receiving a request is skipped
+                    with (
+                        _lock_session(path, "rb") if sub == "partial" else contextlib.nullcontext()
+                    ):
                         path.unlink()
                     removed += 1
         return removed
