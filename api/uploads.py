@@ -73,6 +73,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 class UploadRejected(ArtifactError):  # noqa: N818 -- the name the upload routes agreed on
     """The upload is not an acceptable adapter for its task; the message says what is wrong."""
 
+    status_code = 422
+
     def __init__(self, message: str, *, status_code: int = 422) -> None:
         super().__init__(message)
         self.status_code = status_code
