@@ -14,7 +14,7 @@ from fedlora_client.protocol import (
     lora_a_key,
     lora_b_key,
 )
-from tests.worker.conftest import DEVICES, fake_updates, make_ctx, make_strategy
+from tests.worker.conftest import DEVICES, fake_update, fake_updates, make_ctx, make_strategy
 from worker.strategies import list_strategies
 from worker.strategies.base import PlanContext, ServerState
 from worker.strategies.plans import encode_tensors, training_plan
@@ -95,3 +95,16 @@ def test_state_save_load(tmp_path: object) -> None:
         "state.json",
         "state.safetensors",
     ]
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_uploads_aggregate_in_float32(name: str, dtype: torch.dtype) -> None:
+    ctx = make_ctx(name, BUDGETS)
+    strategy = make_strategy(ctx, name)
+    state = strategy.init_state(ctx)
+    plans = strategy.plan(state, ctx)
+    updates = [fake_update(a, 10 + i, seed=i, dtype=dtype) for i, a in enumerate(plans.values())]
+    result = strategy.aggregate(state, ctx, updates)
+    assert all(t.dtype == torch.float32 for t in result.adapter.values())
+    assert all(bool(torch.isfinite(t).all()) for t in result.state.tensors.values())

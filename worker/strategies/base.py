@@ -283,5 +283,9 @@ class Strategy(ABC):
                 raise errors.ShapeMismatchError(
                     f"{key} has shape {tuple(t.shape)}, the plan says {shape}", client_id=cid
                 )
-            if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
-                raise errors.NonFiniteUpdateError(f"{key} is not finite floats", client_id=cid)
+            # one streaming reduction: NaN/Inf anywhere makes the float32 sum non-finite (a sum
+            # that overflows float32 is rejected too; no sane update comes near 1e38)
+            if not t.is_floating_point() or not bool(torch.isfinite(t.sum(dtype=torch.float32))):
+                raise errors.NonFiniteUpdateError(
+                    f"{key} holds NaN/Inf (or is not floating point)", client_id=cid
+                )

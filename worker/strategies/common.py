@@ -79,7 +79,10 @@ def refill_dead_components(B: Tensor, A: Tensor, gen: torch.Generator) -> tuple[
     row a fresh Kaiming-uniform draw (B stays zero) leaves ``B @ A`` unchanged and makes it
     trainable. Works on single layers or batches ``(..., m, r)`` / ``(..., r, d)``.
     """
-    dead = (B == 0).all(dim=-2) & (A == 0).all(dim=-1)  # (..., r)
+    zero_rows = (A == 0).all(dim=-1)  # (..., r); contiguous rows, cheap
+    if not bool(zero_rows.any()):
+        return B, A
+    dead = zero_rows & (B == 0).all(dim=-2)
     if not bool(dead.any()):
         return B, A
     fresh = kaiming_uniform_a(tuple(A.shape), gen).to(device=A.device, dtype=A.dtype)

@@ -111,28 +111,40 @@ class FSLoRA(GlobalLoRAStrategy):
     def pseudo_gradients(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> dict[str, Tensor]:
-        """``g = (1/K) sum_i scatter(start_i - final_i)`` per factor; heads ``head - avg``."""
+        """``g = (1/K) sum_i scatter(start_i - final_i)`` per factor; heads ``head - avg``.
+
+        Computed as ``(count * B - sum_i scatter(b_i)) / K`` where ``count[j]`` is how many
+        clients hold index j (``sum_i scatter(B[:, I_i]) = count * B``): one scatter-add of
+        the uploads, no gathers. B's columns are scattered as rows of ``B^T`` (contiguous).
+        """
         dev, K = self.device, len(updates)
-        grads = {
-            k: torch.zeros_like(state.tensors[k], device=dev, dtype=torch.float32)
-            for m in ctx.model.modules
-            for k in (lora_a_key(m), lora_b_key(m))
+        r = self.state_rank(ctx)
+        indices = {
+            u.client_id: self.sketch(ctx, ctx.participant(u.client_id), u.lora.rank).indices
+            for u in updates
         }
-        for u in updates:
-            sketch = self.sketch(ctx, ctx.participant(u.client_id), u.lora.rank)
-            for module, idx in sketch.indices.items():
-                ka, kb = lora_a_key(module), lora_b_key(module)
-                index = torch.tensor(idx, device=dev)
-                dB = state.tensors[kb].to(dev)[:, index] - u.tensors[kb].to(dev, torch.float32)
-                dA = state.tensors[ka].to(dev)[index, :] - u.tensors[ka].to(dev, torch.float32)
-                grads[kb].index_add_(1, index, dB, alpha=1.0 / K)
-                grads[ka].index_add_(0, index, dA, alpha=1.0 / K)
+        grads: dict[str, Tensor] = {}
+        for module, (d_out, d_in) in ctx.model.modules.items():
+            ka, kb = lora_a_key(module), lora_b_key(module)
+            count = torch.zeros(r, device=dev)
+            sum_bt = torch.zeros(r, d_out, device=dev)
+            sum_a = torch.zeros(r, d_in, device=dev)
+            for u in updates:
+                index = torch.tensor(indices[u.client_id][module], device=dev)
+                count[index] += 1.0
+                sum_bt.index_add_(0, index, u.tensors[kb].to(dev, torch.float32).T)
+                sum_a.index_add_(0, index, u.tensors[ka].to(dev, torch.float32))
+            B = state.tensors[kb].to(dev, torch.float32)
+            A = state.tensors[ka].to(dev, torch.float32)
+            grads[kb] = (B * count - sum_bt.T).div_(K)
+            grads[ka] = (A * count.unsqueeze(1) - sum_a).div_(K)
         p = data_weights(updates)
         for key in ctx.model.extra_trainable:
+            current = state.tensors[key].to(dev, torch.float32)
             avg = sum(
                 pi * u.tensors[key].to(dev, torch.float32) for pi, u in zip(p, updates, strict=True)
             )
-            grads[key] = state.tensors[key].to(dev, torch.float32) - avg
+            grads[key] = current - avg
         return grads
 
     def _optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:

@@ -67,7 +67,11 @@ class HetLoRA(GlobalLoRAStrategy):
             ka, kb = lora_a_key(module), lora_b_key(module)
             norms = [
                 u.lora.scaling
-                * float(frobenius_norm_product(u.tensors[kb].to(self.device), u.tensors[ka]))
+                * float(
+                    frobenius_norm_product(
+                        u.tensors[kb].to(self.device), u.tensors[ka].to(self.device)
+                    )
+                )
                 for u in updates
             ]
             total = sum(norms)
