@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
@@ -20,7 +20,7 @@ from api.schemas.rounds import (
     TaskPublic,
     UpdatePublic,
 )
-from api.services.adapters import peft_folder_members, stream_tar
+from api.services.adapters import peft_folder_members, stream_tar, stream_zip
 from api.services.common import get_or_404, page
 from api.services.federations import get_federation
 
@@ -71,6 +71,37 @@ def list_updates(
     return result
 
 
+@rounds.get("/federations/{federation_id}/tasks")
+def list_federation_tasks(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[TaskPublic]:
+    """Every task of the federation, oldest round first."""
+    get_federation(session=session, federation_id=federation_id)
+    stmt = (
+        sa.select(Task)
+        .join(Round, Round.id == Task.round_id)
+        .where(Task.federation_id == federation_id)
+        .order_by(Round.number, Task.client_id)
+    )
+    result: ListPublic[TaskPublic] = _list(session, stmt, p, TaskPublic)
+    return result
+
+
+@rounds.get("/federations/{federation_id}/updates")
+def list_federation_updates(
+    federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
+) -> ListPublic[UpdatePublic]:
+    """Every accepted update of the federation, in order of acceptance."""
+    get_federation(session=session, federation_id=federation_id)
+    stmt = (
+        sa.select(Update)
+        .where(Update.federation_id == federation_id)
+        .order_by(Update.accepted_at, Update.id)
+    )
+    result: ListPublic[UpdatePublic] = _list(session, stmt, p, UpdatePublic)
+    return result
+
+
 @rounds.get("/federations/{federation_id}/ledger")
 def list_ledger(
     federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
@@ -108,24 +139,35 @@ def get_adapter(
     return GlobalAdapterPublic.model_validate(row)
 
 
+_ARCHIVES = {"tar": ("application/x-tar", stream_tar), "zip": ("application/zip", stream_zip)}
+
+
 @adapters.get(
     "/adapters/{adapter_id}/download",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-tar": {}}, "description": "A PEFT folder."}},
+    responses={
+        200: {
+            "content": {"application/x-tar": {}, "application/zip": {}},
+            "description": "A PEFT folder: adapter_config.json + adapter_model.safetensors.",
+        }
+    },
 )
 def download_adapter(
-    adapter_id: uuid.UUID, request: Request, session: SessionDep, admin: CurrentAdmin
+    adapter_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    format: Literal["tar", "zip"] = "tar",
 ) -> StreamingResponse:
-    """The global adapter as a tar of a PEFT folder (adapter_config.json + safetensors)."""
+    """The global adapter as a PEFT folder, streamed as a tar (default) or zip archive."""
     row = get_or_404(session=session, model=GlobalAdapter, object_id=adapter_id, kind="adapter")
     folder = f"adapter-round-{row.round_number}"
-    body = stream_tar(
-        store=request.app.state.store, folder=folder, members=peft_folder_members(row)
-    )
+    media_type, stream = _ARCHIVES[format]
+    body = stream(store=request.app.state.store, folder=folder, members=peft_folder_members(row))
     return StreamingResponse(
         body,
-        media_type="application/x-tar",
-        headers={"Content-Disposition": f'attachment; filename="{folder}.tar"'},
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{folder}.{format}"'},
     )
 
 

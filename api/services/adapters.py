@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tarfile
 import time
+import zipfile
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -50,5 +51,49 @@ def stream_tar(
             if size % _BLOCK:
                 yield b"\0" * (_BLOCK - size % _BLOCK)
         yield b"\0" * (2 * _BLOCK)
+
+    return generate()
+
+
+class _Drain:
+    """A write-only, unseekable sink whose bytes are collected and handed out as they come."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+def stream_zip(
+    *, store: ReadableStore, folder: str, members: list[tuple[str, str]]
+) -> Iterator[bytes]:
+    """Yield a zip (stored, zip64-ready) of ``members`` under ``folder/``, chunk by chunk.
+
+    zipfile writes to an unseekable sink with data descriptors, so nothing is buffered beyond
+    one chunk. Sizes are read up front, so a missing artifact fails before the first byte.
+    """
+    for _, sha in members:
+        store.size(sha)
+
+    def generate() -> Iterator[bytes]:
+        sink = _Drain()
+        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]
+            for name, sha in members:
+                info = zipfile.ZipInfo(f"{folder}/{name}", date_time=time.gmtime()[:6])
+                with archive.open(info, mode="w", force_zip64=True) as out:
+                    for chunk in store.iter_chunks(sha):
+                        out.write(chunk)
+                        yield sink.take()
+                yield sink.take()
+        yield sink.take()
 
     return generate()

@@ -77,6 +77,7 @@ MAX_AGGREGATION_ATTEMPTS = 5
 
 
 def round_seed(federation_id: uuid.UUID, number: int) -> int:
+    """The deterministic seed of round ``number`` (participant sampling and planning)."""
     """The seed of round ``number`` (participant sampling, and the strategies' plan context)."""
     digest = hashlib.sha256(f"{federation_id}:{number}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
@@ -379,6 +380,7 @@ __all__ = [
     "maybe_close_round",
     "open_round",
     "publish_round",
+    "round_seed",
     "round_to_open",
     "sweep",
 ]

@@ -7,6 +7,7 @@ import io
 import pickle
 import tarfile
 import uuid
+import zipfile
 
 import numpy as np
 import pytest
@@ -241,3 +242,11 @@ def test_download_start_adapter_and_global_adapter_tar(
         member = tar.extractfile("adapter-round-1/adapter_model.safetensors")
         assert member is not None
         assert member.read() == weights
+    r = api.get(f"/api/v1/adapters/{adapter_id}/download?format=zip", headers=world.admin)
+    assert r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as archive:
+        assert archive.read("adapter-round-1/adapter_config.json") == config
+        assert archive.read("adapter-round-1/adapter_model.safetensors") == weights
+    for what in ("tasks", "updates"):
+        listed = api.get(f"/api/v1/federations/{world.federation_id}/{what}", headers=world.admin)
+        assert listed.json()["count"] == 2
