@@ -24,6 +24,33 @@ def version() -> None:
 
 
 @app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+    workers: int = typer.Option(1, min=1, help="API processes."),
+    migrate: bool = typer.Option(True, help="Run the database migrations before serving."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve the control-plane API with uvicorn (settings from FEDLORA_*; never loads torch)."""
+    import uvicorn
+
+    from api.config import get_settings
+    from api.migrate import upgrade_head
+
+    if migrate:
+        upgrade_head(get_settings())
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        proxy_headers=True,
+    )
+
+
+@app.command()
 def worker(
     concurrency: int = typer.Option(1, min=1, help="Parallel aggregation jobs (1 per GPU)."),
     beat: bool = typer.Option(
