@@ -173,7 +173,7 @@ def start_federation(
         to=S.RUNNING,
         action="start",
     )
-    fed.started_at = utcnow()
+    fed.started_at = fed.open_requested_at = utcnow()  # the sweeper re-sends a lost request
     queue.defer(session, OPEN_ROUND, str(fed.id))
     queue.commit_and_flush(session, enqueue)
     return fed
@@ -203,6 +203,7 @@ def resume_federation(
         to=S.RUNNING,
         action="resume",
     )
+    fed.open_requested_at = utcnow()
     queue.defer(session, OPEN_ROUND, str(fed.id))  # a no-op in the worker if a round is open
     queue.commit_and_flush(session, enqueue)
     return fed

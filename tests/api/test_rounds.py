@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -329,3 +330,40 @@ def test_too_few_eligible_members_means_no_round(
         )
         s.commit()
         assert rounds.round_to_open(session=s, federation_id=uuid.UUID(w.federation_id)) is None
+
+
+def test_sweep_reenqueues_a_lost_open_round_request(
+    world: World, app_sessions: sessionmaker[Session], enqueued: RecordingEnqueuer
+) -> None:
+    fid = uuid.UUID(world.federation_id)
+    with app_sessions() as s:
+        assert s.get_one(Federation, fid).open_requested_at is not None  # set by start
+        assert rounds.sweep(session=s, enqueue=enqueued).opens_reenqueued == []  # not stale yet
+        s.execute(
+            sa.update(Federation)
+            .where(Federation.id == fid)
+            .values(open_requested_at=utcnow() - timedelta(minutes=10))
+        )
+        s.commit()
+        enqueued.jobs.clear()
+        result = rounds.sweep(session=s, enqueue=enqueued)
+    assert result.opens_reenqueued == [fid]
+    assert enqueued.jobs == [(OPEN, [world.federation_id])]
+
+
+def test_a_paused_federation_hands_out_no_tasks(
+    api: TestClient, world: World, app_sessions: sessionmaker[Session], store: ArtifactStore
+) -> None:
+    open_next_round(app_sessions, store, world.federation_id)
+    r = api.post(f"/api/v1/federations/{world.federation_id}/pause", headers=world.admin)
+    assert r.json()["status"] == "paused"
+    assert api.get("/api/v1/client/tasks/next", headers=world.a1.headers).status_code == 204
+    api.post(f"/api/v1/federations/{world.federation_id}/resume", headers=world.admin)
+    assert api.get("/api/v1/client/tasks/next", headers=world.a1.headers).status_code == 200
+
+
+def test_long_poll_waits_then_answers_204(api: TestClient, world: World) -> None:
+    started = time.monotonic()
+    r = api.get("/api/v1/client/tasks/next?wait=30", headers=world.a1.headers)
+    assert r.status_code == 204
+    assert 0.9 <= time.monotonic() - started < 10  # capped by settings.long_poll_seconds (1 s)
