@@ -56,7 +56,9 @@ def publish_round(
     if rnd is None:
         session.rollback()
         return False
-    fed = session.get_one(Federation, rnd.federation_id, with_for_update=True)
+    fed = session.get_one(
+        Federation, rnd.federation_id, with_for_update=True, populate_existing=True
+    )
     res = session.execute(
         sa.update(Round)
         .where(Round.id == round_id, Round.state == RoundState.AGGREGATING)

@@ -139,7 +139,7 @@ def open_round(
     running, another round is open or aggregating, or round ``number`` exists already.
     Raises ``ValueError`` for plans of non-members or fewer plans than ``min_clients``.
     """
-    fed = session.get(Federation, federation_id, with_for_update=True)
+    fed = session.get(Federation, federation_id, with_for_update=True, populate_existing=True)
     busy = session.scalar(
         sa.select(sa.func.count())
         .select_from(Round)
@@ -180,7 +180,7 @@ def maybe_close_round(
       ``fedlora.open_round`` is enqueued after the commit (a new round replaces it).
     """
     now = now or utcnow()
-    rnd = session.get(Round, round_id, with_for_update=True)
+    rnd = session.get(Round, round_id, with_for_update=True, populate_existing=True)
     if rnd is None or rnd.state != RoundState.OPEN:
         state = rnd.state if rnd else None
         session.rollback()
