@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -367,3 +369,56 @@ def test_long_poll_waits_then_answers_204(api: TestClient, world: World) -> None
     r = api.get("/api/v1/client/tasks/next?wait=30", headers=world.a1.headers)
     assert r.status_code == 204
     assert 0.9 <= time.monotonic() - started < 10  # capped by settings.long_poll_seconds (1 s)
+
+
+def test_concurrent_duplicate_jobs_open_and_publish_exactly_once(
+    api: TestClient,
+    world: World,
+    app_sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    enqueued: RecordingEnqueuer,
+) -> None:
+    fid = uuid.UUID(world.federation_id)
+    with app_sessions() as s:
+        todo = rounds.round_to_open(session=s, federation_id=fid)
+    assert todo is not None
+    plans = {m.client_id: make_plan(store) for m in todo.selected}
+    barrier = threading.Barrier(4)
+
+    def open_once(_: int) -> uuid.UUID | None:
+        barrier.wait()
+        with app_sessions() as s:
+            return rounds.open_round(
+                session=s, federation_id=fid, number=todo.number, plans=plans, enqueue=enqueued
+            )
+
+    with ThreadPoolExecutor(4) as pool:
+        opened = [r for r in pool.map(open_once, range(4)) if r is not None]
+    assert len(opened) == 1
+    rid = opened[0]
+    for party in (world.a1, world.b1):
+        _upload(api, party.headers, _lease(api, party.headers))
+    with app_sessions() as s:
+        inputs = rounds.aggregation_inputs(session=s, round_id=rid)
+    assert inputs is not None
+    adapter = store.put_bytes(adapter_bytes(4)).sha256
+    barrier = threading.Barrier(4)
+
+    def publish_once(_: int) -> bool:
+        barrier.wait()
+        with app_sessions() as s:
+            return rounds.publish_round(
+                session=s,
+                round_id=rid,
+                adapter_sha256=adapter,
+                adapter_config_sha256=adapter,
+                update_ids=[u.update_id for u in inputs.updates],
+                enqueue=enqueued,
+            )
+
+    with ThreadPoolExecutor(4) as pool:
+        published = list(pool.map(publish_once, range(4)))
+    assert published.count(True) == 1
+    with app_sessions() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(GlobalAdapter)) == 1
+    assert [name for name, _ in enqueued.jobs].count(OPEN) == 2  # start + one publish
