@@ -58,7 +58,12 @@ def run_once(
     )
     result = participant.train(task)
     on_event("trained", {"task_id": task.task_id, **result.metrics, **_eps(result.extra)})
-    session = participant.submit(task, result)
+    try:
+        session = participant.submit(task, result)
+    except (NotFoundError, ConflictError) as exc:  # lease expired or round closed meanwhile
+        participant.client.discard_upload(task.task_id)
+        on_event("task_lost", {"task_id": task.task_id, "reason": str(exc)})
+        return None
     on_event("uploaded", {"task_id": task.task_id, "update_id": session.update_id})
     return session
 

@@ -210,3 +210,19 @@ def test_injectable_transport_sees_auth_and_timeouts(tmp_path: Path) -> None:
     assert seen[0].headers["Authorization"] == f"Bearer {API_KEY}"
     assert seen[0].url.params["wait"] == "5"
     assert seen[0].extensions["timeout"]["read"] == 35.0
+
+
+def test_a_task_lost_before_upload_is_dropped_not_fatal(
+    tiny_llama: Path, llama_spec: p.ModelSpec, tmp_path: Path
+) -> None:
+    from fedlora_client import run_once
+
+    server, _task = _server_with_task(llama_spec)
+    server.faults.append(("POST", "uploads", 404))  # the lease expired while training
+    events: list[str] = []
+    with client_for(server, tmp_path) as client:
+        participant = Participant(client, tiny_llama, lm_records(), progress=False)
+        assert run_once(participant, wait=0, on_event=lambda k, i: events.append(k)) is None
+        assert client.pending_uploads() == []
+    assert events == ["task", "trained", "task_lost"]
+    assert server.accepted == {}

@@ -160,3 +160,35 @@ def test_sdflora_private_module_persists_across_rounds(
     for key in after_first:
         torch.testing.assert_close(loaded[key], after_first[key])
     assert any(bool(v.abs().sum() > 0) for k, v in loaded.items() if "lora_B" in k)  # trained
+
+
+@pytest.mark.parametrize("mode", [p.DPMode.CLIENT, p.DPMode.SAMPLE])
+def test_own_training_loop_with_start_model_and_submit_model(
+    mode: p.DPMode, tiny_llama: Path, llama_spec: p.ModelSpec, tmp_path: Path
+) -> None:
+    from fedlora_client import PrivacyError
+
+    server = FakeServer(memberships=[membership(llama_spec, p.TaskType.CAUSAL_LM)])
+    server.tasks.append(method_task(server, llama_spec, p.TaskType.CAUSAL_LM, "fedavg", dp=mode))
+    with make_client(server, tmp_path) as client:
+        participant = Participant(client, tiny_llama, lm_records(), progress=False, noise_seed=0)
+        task = participant.next_task(0)
+        assert task is not None
+        model = participant.start_model(task)  # a PeftModel, ready for the user's loop
+        params = [q for q in model.parameters() if q.requires_grad]
+        ids = torch.randint(0, 1000, (2, 8))
+        model(input_ids=ids, labels=ids).loss.backward()
+        torch.optim.SGD(params, lr=0.1).step()
+        if mode is p.DPMode.SAMPLE:
+            with pytest.raises(PrivacyError, match="during training"):
+                participant.submit_model(task, model, num_examples=24, metrics={})
+            return
+        session = participant.submit_model(
+            task, model, num_examples=24, metrics={"train_loss": 1.0}
+        )
+    assert session.status == "accepted"
+    manifest = next(iter(server.uploads.values())).manifest
+    assert manifest.epsilon_spent > 0
+    assert {k: tuple(v.shape) for k, v in load(server.accepted["t1"]).items()} == (
+        task.plan.upload_shapes()
+    )
