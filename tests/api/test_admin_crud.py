@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -10,6 +12,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import Client, JoinToken, utcnow
+from api.errors import AuthenticationError
+from api.services import identity
+from fedlora_client.protocol import EnrollRequest
 from tests.api.conftest import ADMIN_EMAIL
 from tests.api.factories import federation_body
 from tests.api.world import build_world, enroll, make_org
@@ -166,3 +171,43 @@ def test_strategies_publish_their_parameter_schemas(
 ) -> None:
     names = {s["name"] for s in api.get(f"{V1}/strategies", headers=admin_headers).json()}
     assert names == {"fedavg", "hetlora", "flora", "flexlora", "fslora", "sdflora", "prelort"}
+
+
+def test_a_join_token_enrolls_exactly_one_client_under_a_race(
+    api: TestClient, admin_headers: dict[str, str], app_sessions: sessionmaker[Session]
+) -> None:
+    org = make_org(api, admin_headers, "racing-tokens")
+    token = api.post(
+        f"{V1}/join-tokens", json={"organization_id": org}, headers=admin_headers
+    ).json()["token"]
+    barrier = threading.Barrier(6)
+
+    def attempt(i: int) -> bool:
+        barrier.wait()
+        with app_sessions() as s:
+            try:
+                identity.enroll(session=s, body=EnrollRequest(join_token=token, name=f"c{i}"))
+            except AuthenticationError:
+                return False
+            return True
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(attempt, range(6)))
+    assert results.count(True) == 1
+    with app_sessions() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Client)) == 1
+
+
+def test_clients_report_hardware_and_are_seen(
+    api: TestClient, admin_headers: dict[str, str]
+) -> None:
+    party = enroll(api, admin_headers, make_org(api, admin_headers, "hw"), "gpu-box")
+    r = api.patch(
+        f"{V1}/client/me",
+        json={"accelerator": "NVIDIA A10", "memory_gb": 24},
+        headers=party.headers,
+    )
+    assert r.json()["hardware"] == {"accelerator": "NVIDIA A10", "memory_gb": 24.0}
+    listed = api.get(f"{V1}/clients/{party.client_id}", headers=admin_headers).json()
+    assert listed["hardware"]["accelerator"] == "NVIDIA A10"
+    assert listed["last_seen_at"] is not None
