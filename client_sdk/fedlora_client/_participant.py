@@ -70,6 +70,7 @@ class Participant:
         self.ledger = PrivacyLedger(client.state_dir / "privacy_ledger.json")
         self._fingerprint: str | None = None
         self._encoded: dict[tuple[str, int], EncodedData] = {}
+        self._server_spent: dict[str, float] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -83,6 +84,7 @@ class Participant:
         """Report the local fingerprint to every federation; raise if one expects another model."""
         memberships = self.client.memberships()
         for membership in memberships:
+            self._server_spent[membership.federation_id] = membership.epsilon_spent
             if membership.model.fingerprint != self.fingerprint:
                 raise FingerprintMismatchError(self.fingerprint, membership.model.fingerprint)
             if membership.fingerprint_reported != self.fingerprint:
@@ -154,6 +156,10 @@ class Participant:
             return None, 0.0
         dp = task.plan.dp
         before, after = self.ledger.with_entry(task.federation_id, entry, dp.delta, self.accountant)
+        # if the local ledger was lost, the server's record of past spending is a floor
+        floor = self._server_spent.get(task.federation_id, 0.0)
+        if floor > before:
+            before, after = floor, floor + (after - before)
         budget = min(dp.epsilon_budget, self.epsilon_budget or dp.epsilon_budget)
         if after > budget:
             raise PrivacyBudgetExceededError(before, after - before, budget)

@@ -226,3 +226,15 @@ def test_a_task_lost_before_upload_is_dropped_not_fatal(
         assert client.pending_uploads() == []
     assert events == ["task", "trained", "task_lost"]
     assert server.accepted == {}
+
+
+def test_the_servers_record_of_spent_epsilon_is_a_floor(
+    tiny_llama: Path, llama_spec: p.ModelSpec, tmp_path: Path
+) -> None:
+    server, _task = _server_with_task(llama_spec, dp=p.DPMode.CLIENT)
+    server.memberships[0] = server.memberships[0].model_copy(update={"epsilon_spent": 9.0})
+    with client_for(server, tmp_path) as client:  # a fresh state dir: the local ledger is empty
+        participant = Participant(client, tiny_llama, lm_records(), progress=False)
+        with pytest.raises(PrivacyBudgetExceededError, match=r"epsilon spent 9\.000"):
+            participate(participant, wait=0, stop_when_idle=True)
+    assert server.uploads == {}
