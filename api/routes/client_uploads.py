@@ -13,10 +13,11 @@ from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentClient, EnqueuerDep, SessionDep, SettingsDep
+from api.errors import ConflictError
 from api.routes.client import rel
 from api.services import rounds, updates
-from api.storage import ArtifactError, ArtifactStore
-from api.uploads import accept_partial_upload
+from api.storage import ArtifactStore, DigestMismatchError
+from api.uploads import UploadRejected, accept_partial_upload
 from fedlora_client.protocol import (
     IDEMPOTENCY_HEADER,
     UPLOAD_OFFSET_HEADER,
@@ -98,6 +99,10 @@ async def upload_chunk(
     if offset < view.size:
         return view.model_copy(update={"offset": offset})
 
+    def forget() -> None:
+        with factory() as session:
+            updates.forget_upload(session=session, upload_id=upload_id)
+
     def finish() -> tuple[UploadSession, uuid.UUID]:
         try:
             ref, summary = accept_partial_upload(
@@ -107,18 +112,21 @@ async def upload_chunk(
                 max_header_bytes=settings.max_header_bytes,
                 expected_sha256=sha256,
             )
-        except ArtifactError:
-            with factory() as session:
-                updates.forget_upload(session=session, upload_id=upload_id)
+        except (UploadRejected, DigestMismatchError):
+            forget()  # the store deleted the bytes; the session is over, nothing remains
             raise
         with factory() as session:
-            return updates.accept_update(
-                session=session,
-                client=client,
-                upload_id=upload_id,
-                sha256=ref.sha256,
-                summary=summary,
-            )
+            try:
+                return updates.accept_update(
+                    session=session,
+                    client=client,
+                    upload_id=upload_id,
+                    sha256=ref.sha256,
+                    summary=summary,
+                )
+            except ConflictError:
+                forget()  # lease lost or round closed: this session can never be accepted
+                raise
 
     accepted, round_id = await run_in_threadpool(finish)
 

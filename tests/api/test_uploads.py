@@ -250,3 +250,53 @@ def test_download_start_adapter_and_global_adapter_tar(
     for what in ("tasks", "updates"):
         listed = api.get(f"/api/v1/federations/{world.federation_id}/{what}", headers=world.admin)
         assert listed.json()["count"] == 2
+
+
+def test_bytes_that_do_not_hash_to_the_manifest_are_rejected(
+    api: TestClient, world: World, app_sessions: sessionmaker[Session], store: ArtifactStore
+) -> None:
+    h = world.a1.headers
+    task_id = _lease(api, h)
+    declared, sent = adapter_bytes(2), adapter_bytes(2, fill=0.5)
+    session = _begin(api, h, task_id, declared, "digest-mismatch")
+    before = _stored(store)
+    r = api.patch(
+        f"/api/v1/client/uploads/{session['upload_id']}",
+        content=sent,
+        headers={**h, "Upload-Offset": "0"},
+    )
+    assert r.status_code == 422
+    assert "sha256" in r.json()["detail"].lower() or "hash" in r.json()["detail"].lower()
+    assert _stored(store) == before
+    with app_sessions() as s:
+        assert s.get(UploadSessionRow, uuid.UUID(session["upload_id"])) is None
+
+
+def test_more_bytes_than_declared_are_refused(api: TestClient, world: World) -> None:
+    h = world.a1.headers
+    task_id = _lease(api, h)
+    body = adapter_bytes(2)
+    session = _begin(api, h, task_id, body, "too-many-bytes")
+    r = api.patch(
+        f"/api/v1/client/uploads/{session['upload_id']}",
+        content=body + b"extra",
+        headers={**h, "Upload-Offset": "0"},
+    )
+    assert r.status_code == 413
+    url = f"/api/v1/client/uploads/{session['upload_id']}"
+    assert api.head(url, headers=h).headers["Upload-Offset"] == "0"  # rolled back, resumable
+
+
+def test_manifest_larger_than_the_server_limit_is_refused_up_front(
+    api: TestClient, world: World
+) -> None:
+    task_id = _lease(api, world.a1.headers)
+    m = manifest_for(task_id, adapter_bytes(2))
+    m["size"] = 10 * 1024 * 1024 * 1024
+    r = api.post(
+        f"/api/v1/client/tasks/{task_id}/uploads",
+        json=m,
+        headers={**world.a1.headers, "Idempotency-Key": "huge-manifest"},
+    )
+    assert r.status_code == 413
+    assert "upload limit" in r.json()["detail"]
