@@ -189,7 +189,7 @@ def factored_svd(Bc: Tensor, Ac: Tensor, rank: int | None = None) -> FactoredSVD
     dt = work_dtype(Bc, Ac)
     # Householder QR without forming Q (geqrf); Q is applied to the k kept vectors only (ormqr).
     hb, tau_b = torch.geqrf(Bc.to(dt))  # R_B in the upper triangle of hb[..., :R, :]
-    ha, tau_a = torch.geqrf(Ac.to(dt).transpose(-1, -2).contiguous())
+    ha, tau_a = torch.geqrf(Ac.to(dt).transpose(-1, -2))  # column-major view: no copy
     RB, RA = hb[..., :R, :].triu(), ha[..., :R, :].triu()
     core = RB.double() @ RA.double().transpose(-1, -2)
     Um, S, Vmh = torch.linalg.svd(core, full_matrices=False)

@@ -56,15 +56,17 @@ def stack_group(
     d_out, _ = factors[0][1][lora_b_key(modules[0])].shape
     d_in = factors[0][1][lora_a_key(modules[0])].shape[1]
     R = sum(ranks)
-    Bc = torch.empty(len(modules), d_out, R, device=device)
+    # Bc is built column-major (a transposed view of (L, R, m)), the layout LAPACK's QR reads
+    # without another copy; Ac is row-major, so Ac^T is column-major for free.
+    BcT = torch.empty(len(modules), R, d_out, device=device)
     Ac = torch.empty(len(modules), R, d_in, device=device)
     for layer, module in enumerate(modules):
         offset = 0
         for (c, tensors), r in zip(factors, ranks, strict=True):
-            Bc[layer, :, offset : offset + r].copy_(tensors[lora_b_key(module)]).mul_(c)
+            BcT[layer, offset : offset + r, :].copy_(tensors[lora_b_key(module)].T).mul_(c)
             Ac[layer, offset : offset + r, :].copy_(tensors[lora_a_key(module)])
             offset += r
-    return Bc, Ac
+    return BcT.transpose(-1, -2), Ac
 
 
 CHUNK_BYTES = 1 << 30
