@@ -21,6 +21,7 @@ from api.observability import install_metrics
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import ROUTERS, system
 from api.services.identity import ensure_bootstrap_admin
+from api.storage import ArtifactStore
 from fedlora_client.protocol import API_PREFIX
 
 
@@ -60,7 +61,7 @@ def create_app(
     app.state.session_factory = make_session_factory(engine)
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
     app.state.broker_check = broker_check or system.broker_check_for(settings)
-    app.state.store = _artifact_store(settings)
+    app.state.store = ArtifactStore(settings.resolved_artifact_dir)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -74,9 +75,3 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     return app
-
-
-def _artifact_store(settings: Settings) -> object:
-    from api.storage import ArtifactStore
-
-    return ArtifactStore(settings.resolved_artifact_dir)
