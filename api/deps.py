@@ -57,6 +57,7 @@ def get_current_admin(
     admin = session.get(Admin, admin_id) if admin_id else None
     if admin is None or not admin.is_active:
         raise AuthenticationError("invalid or expired admin token: log in again")
+    session.commit()  # release the connection between the check and the route's own work
     return admin
 
 
@@ -77,7 +78,8 @@ def get_current_client(
     now = utcnow()
     if client.last_seen_at is None or now - client.last_seen_at > LAST_SEEN_RESOLUTION:
         client.last_seen_at = now
-        session.commit()
+    # End the transaction now: a long-poll must not hold a pooled connection while it waits.
+    session.commit()
     return client
 
 
