@@ -1,4 +1,4 @@
-import { useMemo, useState, type FormEvent } from "react";
+import { useEffect, useMemo, useRef, useState, type FormEvent } from "react";
 import { Link } from "wouter";
 import { useMutation, useQueries, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, call, errorMessage } from "../api/client";
@@ -220,6 +220,15 @@ export default function FederationPage({ id }: { id: string }) {
   });
   const live = fed.data?.status === "running";
   const poll = live ? LIVE_MS : false;
+  // When the status changes (the last round published, or an admin paused), fetch everything
+  // once more: polling stops with "running", and the last round must not stay "aggregating".
+  const qc = useQueryClient();
+  const status = fed.data?.status;
+  const seen = useRef(status);
+  useEffect(() => {
+    if (seen.current !== undefined && status !== seen.current) void qc.invalidateQueries({ queryKey: ["federation", id] });
+    seen.current = status;
+  }, [status, id, qc]);
   const list = { params: { path: { federation_id: id }, query: { limit: 500 } } };
   const rounds = useQuery({
     queryKey: ["federation", id, "rounds"],
