@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import Federation, GlobalAdapter, Round, Task, utcnow
+from api.db import Federation, GlobalAdapter, PrivacyLedgerEntry, Round, Task, utcnow
 from api.queue import RecordingEnqueuer
 from api.services import client_tasks, rounds
 from api.services.round_types import JobMetrics
@@ -422,3 +422,30 @@ def test_concurrent_duplicate_jobs_open_and_publish_exactly_once(
     with app_sessions() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(GlobalAdapter)) == 1
     assert [name for name, _ in enqueued.jobs].count(OPEN) == 2  # start + one publish
+
+
+def test_members_past_their_epsilon_budget_or_revoked_are_not_eligible(
+    api: TestClient, world: World, app_sessions: sessionmaker[Session], store: ArtifactStore
+) -> None:
+    fid = uuid.UUID(world.federation_id)
+    rid = open_next_round(app_sessions, store, fid)
+    with app_sessions() as s:
+        s.add(
+            PrivacyLedgerEntry(
+                federation_id=fid,
+                client_id=uuid.UUID(world.b1.client_id),
+                round_id=rid,
+                epsilon=5.0,  # the federation's epsilon_budget
+            )
+        )
+        s.commit()
+        fed = s.get_one(Federation, fid)
+        eligible = {str(m.client_id) for m in rounds.eligible_members(session=s, federation=fed)}
+    assert eligible == {world.a1.client_id}
+    api.post(f"/api/v1/clients/{world.a1.client_id}/revoke", headers=world.admin)
+    with app_sessions() as s:
+        fed = s.get_one(Federation, fid)
+        assert rounds.eligible_members(session=s, federation=fed) == []
+    r = api.get(f"/api/v1/federations/{fid}/memberships", headers=world.admin)
+    spent = {m["client_id"]: m["epsilon_spent"] for m in r.json()["data"]}
+    assert spent == {world.a1.client_id: 0.0, world.b1.client_id: 5.0}
