@@ -69,18 +69,23 @@ def joint_norm(tensors: Tensors) -> float:
     return float(total.sqrt())
 
 
+def ensure_finite(tensors: Tensors) -> None:
+    """Raise :class:`NonFiniteUpdateError` if any value is NaN or infinite."""
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteUpdateError(
+                f"update tensor {name!r} holds NaN or infinity; nothing was uploaded. Lower the "
+                "learning rate or check the data, then retry the round."
+            )
+
+
 def clip_update(update: Tensors, clip_norm: float) -> dict[str, torch.Tensor]:
     """Scale ``update`` so its joint L2 norm is at most ``clip_norm``.
 
     Raises :class:`NonFiniteUpdateError` if any value is NaN or infinite (such an update is
     never uploaded: clipping cannot bound it meaningfully).
     """
-    for name, tensor in update.items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise NonFiniteUpdateError(
-                f"update tensor {name!r} holds NaN or infinity; nothing was uploaded. Lower the "
-                "learning rate or check the data, then retry the round."
-            )
+    ensure_finite(update)
     norm = joint_norm(update)
     factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return {name: (t.double() * factor).to(t.dtype) for name, t in update.items()}

@@ -10,7 +10,6 @@ other modes draw fixed-size batches by shuffling.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from fedlora_client._errors import TrainingOutOfMemoryError
 from fedlora_client._privacy import (
     DPSGD,
     backward_quietly,
+    ensure_finite,
     privatize_update,
     resolve_noise_multiplier,
     secure_generator,
@@ -123,7 +123,7 @@ def train_round(
     generator = secure_generator(noise_seed)
     released = adapter_parameters(model, TRAINED)
     private = adapter_parameters(model, PRIVATE) if plan.private is not None else {}
-    start = adapter_tensors(model, TRAINED)
+    start = adapter_tensors(model, TRAINED) if dp.mode is DPMode.CLIENT else {}
     trainable = [*released.values(), *private.values()]
     optimizer = _optimizer(trainable, plan)
     device = next(iter(released.values())).device
@@ -190,9 +190,7 @@ def train_round(
             start, final, clip_norm=dp.clip_norm, noise_multiplier=sigma, generator=generator
         )
     else:
-        from fedlora_client._privacy import clip_update
-
-        clip_update({k: final[k] - start[k] for k in final}, math.inf)  # non-finite check only
+        ensure_finite(final)
     metrics = {
         "train_loss": sum(losses) / len(losses) if losses else float("nan"),
         "examples_seen": float(seen),
