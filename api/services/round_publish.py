@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from api.services.round_steps import (
 )
 from api.services.round_types import JobMetrics
 from fedlora_client.protocol import TrainingPlan
+
+log = logging.getLogger(__name__)
 
 
 def publish_round(
@@ -108,6 +111,7 @@ def publish_round(
         session.rollback()
         queue.discard(session)
         raise
+    log.info("round %s published from %d update(s)", round_id, len(found))
     return True
 
 

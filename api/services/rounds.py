@@ -26,6 +26,7 @@ among the clients whose updates it includes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import uuid
 from collections.abc import Mapping
@@ -74,6 +75,7 @@ from fedlora_client.protocol import TrainingPlan
 from worker.celery_app import AGGREGATE_ROUND, OPEN_ROUND
 
 MAX_AGGREGATION_ATTEMPTS = 5
+log = logging.getLogger(__name__)
 
 
 def round_seed(federation_id: uuid.UUID, number: int) -> int:
@@ -152,6 +154,7 @@ def open_round(
         rnd = insert_round(session, fed, number, plans, utcnow())
         round_id = rnd.id
         queue.commit_and_flush(session, enqueue)
+        log.info("federation %s: round %d open with %d tasks", federation_id, number, len(plans))
     except IntegrityError:
         session.rollback()
         return None
@@ -201,6 +204,7 @@ def maybe_close_round(
             drop_outstanding(session, round_id)
             queue.defer(session, AGGREGATE_ROUND, str(round_id))
             queue.commit_and_flush(session, enqueue)
+            log.info("round %s: aggregating %d update(s)", round_id, updates)
             return RoundState.AGGREGATING
     elif deadline_passed or outstanding == 0:
         reason = (
@@ -209,6 +213,7 @@ def maybe_close_round(
         )
         if fail_in_tx(session, round_id, reason, now, None):
             queue.commit_and_flush(session, enqueue)
+            log.warning("round %s failed: %s", round_id, reason)
             return RoundState.FAILED
     session.rollback()
     return session.scalar(sa.select(Round.state).where(Round.id == round_id))
@@ -268,6 +273,7 @@ def fail_round(
         session.rollback()
         return False
     queue.commit_and_flush(session, enqueue)
+    log.warning("round %s failed: %s", round_id, reason)
     return True
 
 
