@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from api.config import Settings, get_settings
+from api.dashboard import find_dashboard, mount_dashboard
 from api.db import engine_from_settings, make_session_factory
 from api.errors import install_error_handlers
 from api.observability import install_metrics
@@ -35,7 +37,9 @@ def create_app(
     *,
     enqueuer: Enqueuer | None = None,
     broker_check: Callable[[], None] | None = None,
+    dashboard_dir: Path | None = None,
 ) -> FastAPI:
+    """The app for ``settings``; ``dashboard_dir`` overrides where the built dashboard is."""
     settings = settings or get_settings()
     engine = engine_from_settings(settings)
 
@@ -74,4 +78,5 @@ def create_app(
     app.include_router(system.router)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    mount_dashboard(app, dashboard_dir or find_dashboard())
     return app

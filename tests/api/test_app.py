@@ -58,3 +58,23 @@ def test_openapi_is_served_under_the_prefix_with_tag_named_operation_ids(api: Te
     for path in spec["paths"].values():
         for op in path.values():
             assert op["operationId"].startswith(f"{op['tags'][0]}-")
+
+
+def test_the_dashboard_is_served_at_the_root_with_an_spa_fallback(
+    settings: Settings, tmp_path: Path
+) -> None:
+    dist = tmp_path / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (dist / "index.html").write_text('<div id="root"></div>')
+    (dist / "assets" / "app.js").write_text("console.log(1)")
+    app = create_app(settings, enqueuer=RecordingEnqueuer(), dashboard_dir=dist)
+    with TestClient(app) as api:
+        assert 'id="root"' in api.get("/").text
+        assert 'id="root"' in api.get("/federations/some-id").text  # client-side route
+        assert api.get("/assets/app.js").text == "console.log(1)"
+        assert api.get("/assets/missing.js").status_code == 404
+        missing = api.get("/api/v1/no-such-route")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/json")
+        assert api.get("/healthz").json() == {"status": "ok"}
+        assert api.get("/api/v1/openapi.json").status_code == 200
