@@ -51,17 +51,29 @@ def verify_password(password: str, password_hash: str) -> bool:
         return False
 
 
+def _signing_key(secret_key: str) -> bytes:
+    """A 32-byte HS256 key derived from the configured secret (domain-separated).
+
+    Production settings already refuse secrets under 32 characters; deriving the key keeps the
+    development default usable without PyJWT's short-key warning.
+    """
+    return hashlib.sha256(b"fedlora-admin-token:" + secret_key.encode()).digest()
+
+
 def create_access_token(*, admin_id: uuid.UUID, secret_key: str, minutes: int) -> str:
     now = datetime.now(UTC)
     claims = {"sub": str(admin_id), "iat": now, "exp": now + timedelta(minutes=minutes)}
-    return jwt.encode(claims, secret_key, algorithm=JWT_ALGORITHMS[0])
+    return jwt.encode(claims, _signing_key(secret_key), algorithm=JWT_ALGORITHMS[0])
 
 
 def decode_access_token(token: str, *, secret_key: str) -> uuid.UUID | None:
     """The admin id in a valid, unexpired token; ``None`` for anything else."""
     try:
         claims = jwt.decode(
-            token, secret_key, algorithms=JWT_ALGORITHMS, options={"require": ["exp", "sub"]}
+            token,
+            _signing_key(secret_key),
+            algorithms=JWT_ALGORITHMS,
+            options={"require": ["exp", "sub"]},
         )
         return uuid.UUID(str(claims["sub"]))
     except (jwt.PyJWTError, ValueError):
