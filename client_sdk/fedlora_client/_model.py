@@ -56,9 +56,23 @@ def _safetensors_shards(directory: Path) -> list[Path]:
     return shards
 
 
+_FINGERPRINTS: dict[tuple[object, ...], str] = {}
+
+
 def model_fingerprint(path: str | Path) -> str:
-    """sha256 hex of the model's canonical config and its weight tensors (see module doc)."""
+    """sha256 hex of the model's canonical config and its weight tensors (see module doc).
+
+    Cached in-process by the files' (name, size, mtime), so repeated rounds hash once.
+    """
     directory = _model_dir(path)
+    files = [directory / "config.json", *_safetensors_shards(directory)]
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _compute_fingerprint(directory)
+    return _FINGERPRINTS[key]
+
+
+def _compute_fingerprint(directory: Path) -> str:
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     for key in _VOLATILE_CONFIG_KEYS:
         config.pop(key, None)
