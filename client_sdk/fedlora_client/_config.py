@@ -47,6 +47,10 @@ class DataSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path = Field(description="Training data: .jsonl, .csv or .tsv.")
+    eval_path: Path | None = Field(
+        default=None, description="Optional local evaluation data, same columns; metrics are "
+        "reported in the clear (not covered by DP).",
+    )  # fmt: skip
     text_field: str = Field(default="text", description="Column with the input text.")
     label_field: str = Field(default="label", description="Column with the class label.")
     prompt_field: str = Field(default="prompt", description="Causal LM: prompt column.")
@@ -110,6 +114,8 @@ class ClientConfig(BaseModel):
         # relative paths are relative to the config file, not to the working directory
         config.model.path = base / config.model.path.expanduser()
         config.data.path = base / config.data.path.expanduser()
+        if config.data.eval_path is not None:
+            config.data.eval_path = base / config.data.eval_path.expanduser()
         config.state_dir = base / config.state_dir.expanduser()
         config.credentials_path = base / config.credentials_path.expanduser()
         return config

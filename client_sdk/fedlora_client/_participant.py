@@ -29,7 +29,7 @@ from fedlora_client._errors import (
 )
 from fedlora_client._model import load_base_model, load_tokenizer, model_fingerprint
 from fedlora_client._privacy import privatize_update, resolve_noise_multiplier, secure_generator
-from fedlora_client._training import RoundResult, train_round
+from fedlora_client._training import RoundResult, evaluate, train_round
 
 log = logging.getLogger("fedlora_client")
 
@@ -57,6 +57,7 @@ class Participant:
         accountant: AccountantName = "rdp",
         progress: bool = True,
         noise_seed: int | None = None,
+        eval_data: DataSource | None = None,
     ) -> None:
         self.client = client
         self.model_path = Path(model_path)
@@ -67,9 +68,10 @@ class Participant:
         self.accountant: AccountantName = accountant
         self.progress = progress
         self.noise_seed = noise_seed
+        self.eval_data = eval_data
         self.ledger = PrivacyLedger(client.state_dir / "privacy_ledger.json")
         self._fingerprint: str | None = None
-        self._encoded: dict[tuple[str, int], EncodedData] = {}
+        self._encoded: dict[tuple[str, int, bool], EncodedData] = {}
         self._server_spent: dict[str, float] = {}
 
     @property
@@ -121,12 +123,12 @@ class Participant:
         model.fedlora_start = adapter_tensors(model, TRAINED)  # for submit_model's update
         return model
 
-    def encoded_data(self, plan: p.TrainingPlan) -> EncodedData:
-        key = (plan.task_type.value, plan.training.max_seq_len)
+    def encoded_data(self, plan: p.TrainingPlan, *, eval_set: bool = False) -> EncodedData:
+        key = (plan.task_type.value, plan.training.max_seq_len, eval_set)
         if key not in self._encoded:
             tokenizer = load_tokenizer(self.model_path)
             self._encoded[key] = encode_data(
-                self.data,
+                self.eval_data if eval_set else self.data,
                 plan.task_type,
                 tokenizer,
                 max_seq_len=plan.training.max_seq_len,
@@ -180,6 +182,8 @@ class Participant:
             noise_seed=self.noise_seed,
             accountant=self.accountant,
         )
+        if self.eval_data is not None:  # the locally trained model, before client-level noise
+            result.metrics.update(evaluate(model, self.encoded_data(task.plan, eval_set=True)))
         if result.private is not None:
             path = self._private_path(task)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,7 @@ def run(
             epsilon_budget=cfg.privacy.epsilon_budget,
             accountant=cfg.privacy.accountant,
             progress=progress,
+            eval_data=cfg.data.eval_path,
         )
         return participate(
             participant,

@@ -204,3 +204,29 @@ def train_round(
         sampling_rate=rate,
         private=adapter_tensors(model, PRIVATE) if plan.private is not None else None,
     )
+
+
+@torch.no_grad()
+def evaluate(model: Any, data: EncodedData, *, batch_size: int = 32) -> dict[str, float]:
+    """Mean loss (and accuracy for classification) of ``model`` on ``data``.
+
+    Reported in the clear: evaluation metrics are not covered by the DP guarantee.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        indices = list(range(start, min(start + batch_size, len(data))))
+        batch = {k: v.to(device) for k, v in data.batch(indices).items()}
+        total_loss += float(per_example_loss(model, batch, data.task_type).sum())
+        if data.task_type is TaskType.SEQ_CLS:
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    model.train(was_training)
+    metrics = {"eval_loss": total_loss / len(data)}
+    if data.task_type is TaskType.SEQ_CLS:
+        metrics["eval_accuracy"] = correct / len(data)
+    return metrics

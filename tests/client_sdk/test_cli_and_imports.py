@@ -89,6 +89,7 @@ def test_run_from_client_toml(tiny_llama: Path, llama_spec: p.ModelSpec, tmp_pat
         path = "{tiny_llama}"
         [data]
         path = "train.csv"
+        eval_path = "train.csv"
         prompt_field = "q"
         response_field = "a"
         [privacy]
@@ -105,6 +106,7 @@ def test_run_from_client_toml(tiny_llama: Path, llama_spec: p.ModelSpec, tmp_pat
     assert list(server.accepted) == ["t1"]
     assert events == ["task", "trained", "uploaded", "idle"]
     assert (tmp_path / "state" / "privacy_ledger.json").is_file()
+    assert server.reports["t1"]["eval_loss"] > 0
 
 
 def test_bad_config_values_name_the_field(tmp_path: Path) -> None:

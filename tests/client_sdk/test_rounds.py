@@ -70,10 +70,14 @@ def test_one_round_per_method(
     task = method_task(server, spec, task_type, method, dp=DP_OF[method])
     server.tasks.append(task)
     with make_client(server, tmp_path) as client:
-        participant = Participant(client, model_dir, lm_records() if llama else cls_records(),
-                                  progress=False, noise_seed=0)  # fmt: skip
+        data = lm_records() if llama else cls_records()
+        participant = Participant(client, model_dir, data, progress=False, noise_seed=0,
+                                  eval_data=None if llama else cls_records(8))  # fmt: skip
         assert participate(participant, wait=0, stop_when_idle=True) == 1
     assert server.fingerprints == {"f1": spec.fingerprint}
+    if not llama:  # local evaluation of the trained model is reported with the metrics
+        assert 0.0 <= server.reports[task.task_id]["eval_accuracy"] <= 1.0
+        assert server.reports[task.task_id]["eval_loss"] > 0
     tensors = _check_upload(server, task)
     private = tmp_path / "private" / "f1.safetensors"
     assert private.is_file() == (method == "sdflora")
