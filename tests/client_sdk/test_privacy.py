@@ -130,3 +130,18 @@ def test_dpsgd_step_clips_each_example_and_adds_calibrated_noise() -> None:
         noisy.apply(batch_size=1)
         draws.append(torch.cat([params[0].grad, params[1].grad]))
     assert torch.stack(draws).std().item() == pytest.approx(3.0, rel=0.1)
+
+
+def test_dpsgd_leaves_the_private_module_unnoised() -> None:
+    """SDFLoRA: only released parameters are clipped and noised; others get their mean grad."""
+    released, private = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(3))
+    released.grad_sample = torch.ones(2, 4)
+    private.grad_sample = torch.ones(2, 3)
+    private.grad = torch.tensor([2.0, 4.0, 6.0])  # the summed gradient of a batch of 2
+    step = DPSGD([released], [private], clip_norm=1.0, noise_multiplier=3.0,
+                 expected_batch_size=2.0, generator=secure_generator(0))  # fmt: skip
+    step.apply(batch_size=2)
+    torch.testing.assert_close(private.grad, torch.tensor([1.0, 2.0, 3.0]))
+    assert not torch.allclose(released.grad, torch.full((4,), 0.5))  # noised
+    assert private.grad_sample is None
+    assert released.grad_sample is None
