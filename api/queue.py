@@ -9,6 +9,7 @@ transaction's jobs are dropped by :func:`discard`. The default :class:`CeleryEnq
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from api.config import Settings, get_settings
 
 _JOBS = "fedlora_jobs"
+log = logging.getLogger(__name__)
 
 
 class Enqueuer(Protocol):
@@ -69,11 +71,20 @@ def discard(session: Session) -> None:
 
 
 def flush(session: Session, enqueue: Enqueuer | None) -> None:
-    """Send the jobs deferred on ``session``; call only after a successful commit."""
+    """Send the jobs deferred on ``session``; call only after a successful commit.
+
+    A broker failure is logged, not raised: the commit stands, and the database records what
+    is owed (``open_requested_at``, ``aggregation_enqueued_at``), so the sweeper re-sends it.
+    """
     jobs: list[tuple[str, list[str]]] = session.info.pop(_JOBS, [])
+    if not jobs:
+        return
     sender = enqueue or default_enqueuer()
     for name, args in jobs:
-        sender(name, args)
+        try:
+            sender(name, args)
+        except Exception:
+            log.exception("could not enqueue %s%s; the sweeper will re-send it", name, args)
 
 
 def commit_and_flush(session: Session, enqueue: Enqueuer | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,3 +27,13 @@ def test_jobs_are_sent_after_commit_and_dropped_when_it_fails(session: Session) 
     assert sent.jobs == [("fedlora.open_round", ["f1"])]
     queue.commit_and_flush(session, sent)  # the dropped job does not leak into a later commit
     assert sent.names() == ["fedlora.open_round"]
+
+
+def test_a_broker_failure_after_commit_does_not_undo_or_raise(session: Session) -> None:
+    def broken(name: str, args: list[str]) -> None:
+        raise ConnectionError("broker down")
+
+    session.add(Organization(name="kept"))
+    queue.defer(session, "fedlora.open_round", "f1")
+    queue.commit_and_flush(session, broken)  # logged; the sweeper re-sends from the DB state
+    assert session.scalar(sa.select(Organization.name).where(Organization.name == "kept"))
