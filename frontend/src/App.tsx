@@ -1,4 +1,4 @@
-import { lazy, Suspense, useEffect, useRef, type ReactNode } from "react";
+import { createElement, lazy, Suspense, useEffect, useRef, type ComponentType, type ReactNode } from "react";
 import { Link, Redirect, Route, Switch, useLocation } from "wouter";
 import { useQueryClient } from "@tanstack/react-query";
 import { setUnauthorizedHandler } from "./api/client";
@@ -7,12 +7,36 @@ import { Loading, PageErrorBoundary } from "./components/states";
 import { SignIn } from "./pages/SignIn";
 import { FederationsPage } from "./pages/Federations";
 
+/**
+ * A page loaded on demand that renders without suspending once its code is in: React 19
+ * holds a revealed Suspense boundary back for up to 300 ms, which would delay the page's
+ * data requests, so the entry point preloads the page of the first URL (see preloadRoute).
+ */
+function page<P extends object>(factory: () => Promise<{ default: ComponentType<P> }>) {
+  let loaded: ComponentType<P> | null = null;
+  const load = () => factory().then((m) => (loaded = m.default));
+  const Lazy = lazy(() => load().then((c) => ({ default: c })));
+  const Page = (props: P) => createElement(loaded ?? Lazy, props);
+  Page.preload = load;
+  return Page;
+}
+
 // Pages beyond the landing list load on demand; the federation page carries the charts.
-const NewFederationPage = lazy(() => import("./pages/NewFederation"));
-const FederationPage = lazy(() => import("./pages/Federation"));
-const OrganizationsPage = lazy(() => import("./pages/Organizations"));
-const OrganizationPage = lazy(() => import("./pages/Organization"));
-const ArtifactsPage = lazy(() => import("./pages/Artifacts"));
+const NewFederationPage = page(() => import("./pages/NewFederation"));
+const FederationPage = page(() => import("./pages/Federation"));
+const OrganizationsPage = page(() => import("./pages/Organizations"));
+const OrganizationPage = page(() => import("./pages/Organization"));
+const ArtifactsPage = page(() => import("./pages/Artifacts"));
+
+/** Loads the code of the page at `path` (call before the first render). */
+export function preloadRoute(path: string): Promise<unknown> {
+  if (path === "/federations/new") return NewFederationPage.preload();
+  if (path.startsWith("/federations/")) return FederationPage.preload();
+  if (path === "/organizations") return OrganizationsPage.preload();
+  if (path.startsWith("/organizations/")) return OrganizationPage.preload();
+  if (path.startsWith("/artifacts")) return ArtifactsPage.preload();
+  return Promise.resolve();
+}
 
 function NavLink({ href, children }: { href: string; children: ReactNode }) {
   const [location] = useLocation();

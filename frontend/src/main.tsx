@@ -2,7 +2,7 @@ import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { ApiError } from "./api/client";
-import { App } from "./App";
+import { App, preloadRoute } from "./App";
 import "./styles.css";
 
 const queryClient = new QueryClient({
@@ -16,10 +16,18 @@ const queryClient = new QueryClient({
   },
 });
 
-createRoot(document.getElementById("root")!).render(
-  <StrictMode>
-    <QueryClientProvider client={queryClient}>
-      <App />
-    </QueryClientProvider>
-  </StrictMode>,
-);
+// The first URL's page code loads before the first render (in parallel with nothing else
+// to wait for), so the page starts its requests at once; a failure shows up in the page.
+void preloadRoute(window.location.pathname)
+  .catch(() => undefined)
+  .then(render);
+
+function render() {
+  createRoot(document.getElementById("root")!).render(
+    <StrictMode>
+      <QueryClientProvider client={queryClient}>
+        <App />
+      </QueryClientProvider>
+    </StrictMode>,
+  );
+}
