@@ -56,8 +56,11 @@ class ManagedProcess:
             start_new_session=True,  # its own process group: we can stop its children too
         )
 
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
+    def check_alive(self, *, finished_ok: bool = False) -> None:
+        """Raise :class:`PlatformError` if the process died (or exited 0, unless
+        ``finished_ok``: a client that did all its rounds exits cleanly)."""
+        code = self.proc.poll()
+        if code is not None and not (finished_ok and code == 0):
             raise PlatformError(
                 f"{self.name} exited with code {self.proc.returncode}; "
                 f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
