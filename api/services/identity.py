@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.db import Admin, Client, JoinToken, Organization, utcnow
-from api.errors import AuthenticationError, ConflictError, NotFoundError
+from api.errors import AuthenticationError, ConflictError
 from api.schemas.identity import (
     ClientCreate,
     ClientUpdate,
@@ -232,8 +232,3 @@ def enroll(*, session: Session, body: EnrollRequest) -> tuple[Client, str]:
         raise AuthenticationError(invalid)
     session.commit()
     return client, key
-
-
-def client_org_guard(*, client: Client, organization_id: uuid.UUID, kind: str, oid: object) -> None:
-    if client.organization_id != organization_id:
-        raise NotFoundError.of(kind, oid)
