@@ -46,27 +46,33 @@ def stack_group(
     modules: list[str],
     factors: Sequence[tuple[float, dict[str, Tensor]]],
     device: torch.device,
+    *,
+    column_major: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Batched stacked factors of a shape group: ``Bc (L, m, R)``, ``Ac (L, R, d)``.
 
     ``factors`` holds ``(c_i, tensors_i)``; block i of ``Bc`` is ``c_i B_i`` and of ``Ac`` is
-    ``A_i``. Filled in place: one copy of each factor, no intermediate stacks.
+    ``A_i``. Filled in place: one copy of each factor, no intermediate stacks. ``Bc`` is a
+    column-major view (the layout LAPACK's QR reads without another copy) unless
+    ``column_major=False`` (FLoRA, which publishes the stack itself).
     """
     ranks = [t[lora_a_key(modules[0])].shape[0] for _, t in factors]
     d_out, _ = factors[0][1][lora_b_key(modules[0])].shape
     d_in = factors[0][1][lora_a_key(modules[0])].shape[1]
     R = sum(ranks)
-    # Bc is built column-major (a transposed view of (L, R, m)), the layout LAPACK's QR reads
-    # without another copy; Ac is row-major, so Ac^T is column-major for free.
-    BcT = torch.empty(len(modules), R, d_out, device=device)
+    # Ac is row-major, so Ac^T is column-major for free.
+    if column_major:
+        Bc = torch.empty(len(modules), R, d_out, device=device).transpose(-1, -2)
+    else:
+        Bc = torch.empty(len(modules), d_out, R, device=device)
     Ac = torch.empty(len(modules), R, d_in, device=device)
     for layer, module in enumerate(modules):
         offset = 0
         for (c, tensors), r in zip(factors, ranks, strict=True):
-            BcT[layer, offset : offset + r, :].copy_(tensors[lora_b_key(module)].T).mul_(c)
+            Bc[layer, :, offset : offset + r].copy_(tensors[lora_b_key(module)]).mul_(c)
             Ac[layer, offset : offset + r, :].copy_(tensors[lora_a_key(module)])
             offset += r
-    return BcT.transpose(-1, -2), Ac
+    return Bc, Ac
 
 
 CHUNK_BYTES = 1 << 30

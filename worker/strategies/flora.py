@@ -129,7 +129,7 @@ class FLoRA(Strategy):
         rank = min(new_rank, cap)
         out: dict[str, Tensor] = {}
         for modules in _groups(ctx.model).values():
-            B, A = stack_group(modules, blocks, self.device)
+            B, A = stack_group(modules, blocks, self.device, column_major=False)
             if new_rank > cap:
                 B, A = factored_svd(B, A, cap).factors(cap, 1.0, "balanced")
             for layer, module in enumerate(modules):
