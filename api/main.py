@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,9 +23,19 @@ from api.errors import install_error_handlers
 from api.observability import install_metrics
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import ROUTERS, system
+from api.schemas.common import ErrorPublic
 from api.services.identity import ensure_bootstrap_admin
 from api.storage import ArtifactStore
 from fedlora_client.protocol import API_PREFIX
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorPublic, "description": text}
+    for status, text in (
+        (401, "Missing or invalid credentials."),
+        (404, "Unknown, or not visible to the caller."),
+        (409, "The object's state forbids this action."),
+    )
+}
 
 
 def operation_id(route: APIRoute) -> str:
@@ -77,6 +88,6 @@ def create_app(
     install_metrics(app)
     app.include_router(system.router)
     for router in ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     mount_dashboard(app, dashboard_dir or find_dashboard())
     return app

@@ -27,3 +27,10 @@ class ListPublic(BaseModel, Generic[T]):
 
 class Message(BaseModel):
     detail: str
+
+
+class ErrorPublic(BaseModel):
+    """Every error the API raises itself: what went wrong and what to do, plus a stable code."""
+
+    detail: str
+    code: str
