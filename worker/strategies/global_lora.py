@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -32,6 +32,9 @@ from worker.strategies.common import init_factors, init_heads, to_cpu
 
 class GlobalLoRAStrategy(Strategy):
     """A strategy whose state is the global factors at :meth:`state_rank` plus the head."""
+
+    start_split: ClassVar[Literal["b", "balanced"]] = "b"
+    """How the start prefix carries the scale ratio ``s_g / s_i``: all in B, or sqrt each side."""
 
     def state_rank(self, ctx: PlanContext) -> int:
         return ctx.global_rank
@@ -99,7 +102,7 @@ class GlobalLoRAStrategy(Strategy):
             plans[p.client_id] = ClientAssignment(
                 client_id=p.client_id,
                 lora=lora,
-                start=self.start_tensors(state, ctx, lora.rank, lora.scaling),
+                start=self.start_tensors(state, ctx, lora.rank, lora.scaling, self.start_split),
                 start_lora=lora,
                 **self.plan_extras(state, ctx, p),
             )

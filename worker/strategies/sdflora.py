@@ -48,7 +48,6 @@ from worker.strategies import errors
 from worker.strategies.adapters import generator
 from worker.strategies.base import (
     AggregationResult,
-    ClientAssignment,
     ClientUpdate,
     Participant,
     PlanContext,
@@ -60,8 +59,10 @@ from worker.strategies.flexlora import layer_chunks, stack_group
 from worker.strategies.global_lora import GlobalLoRAStrategy
 from worker.strategies.params import SDFLoRAParams
 
-PRIVATE_MARKERS = (".private.", "_private", "private_")
-"""Key fragments that identify private-module tensors (PEFT adapter name ``private``)."""
+
+def is_private_key(key: str) -> bool:
+    """True for tensors of a PEFT adapter named ``private`` (``...lora_A.private.weight``)."""
+    return ".private." in key or key.startswith("private.")
 
 
 class SDFLoRA(GlobalLoRAStrategy):
@@ -70,6 +71,7 @@ class SDFLoRA(GlobalLoRAStrategy):
     name = "sdflora"
     params_model = SDFLoRAParams
     params: SDFLoRAParams
+    start_split = "balanced"
 
     def state_rank(self, ctx: PlanContext) -> int:
         return self.params.shared_rank or ctx.global_rank
@@ -88,22 +90,6 @@ class SDFLoRA(GlobalLoRAStrategy):
     def client_rank(self, state: ServerState, ctx: PlanContext, participant: Participant) -> int:
         return self.split_ranks(ctx, participant)[0]
 
-    def plan(self, state: ServerState, ctx: PlanContext) -> dict[str, ClientAssignment]:
-        self.check_state(state, ctx)
-        if not ctx.participants:
-            raise errors.PlanError("no participants to plan")
-        plans: dict[str, ClientAssignment] = {}
-        for p in ctx.participants:
-            lora = self.client_lora(state, ctx, p)
-            plans[p.client_id] = ClientAssignment(
-                client_id=p.client_id,
-                lora=lora,
-                start=self.start_tensors(state, ctx, lora.rank, lora.scaling, split="balanced"),
-                start_lora=lora,
-                **self.plan_extras(state, ctx, p),
-            )
-        return plans
-
     def plan_extras(
         self, state: ServerState, ctx: PlanContext, participant: Participant
     ) -> dict[str, Any]:
@@ -115,7 +101,7 @@ class SDFLoRA(GlobalLoRAStrategy):
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> None:
         for u in updates:
-            leaked = sorted(k for k in u.tensors if any(m in k for m in PRIVATE_MARKERS))
+            leaked = sorted(k for k in u.tensors if is_private_key(k))
             if leaked:
                 raise errors.PrivateModuleUploadError(
                     f"private-module tensors must never be uploaded: {leaked[:3]}",
