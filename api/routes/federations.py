@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 
 from api.db import Federation, Membership
 from api.deps import CurrentAdmin, EnqueuerDep, PageDep, SessionDep
@@ -39,11 +40,16 @@ def create_federation(
 
 @router.get("")
 def list_federations(
-    session: SessionDep, admin: CurrentAdmin, p: PageDep, state: str | None = None
+    session: SessionDep,
+    admin: CurrentAdmin,
+    p: PageDep,
+    status_filter: Annotated[
+        str | None, Query(alias="status", description="Only federations in this status.")
+    ] = None,
 ) -> ListPublic[FederationPublic]:
     stmt = sa.select(Federation).order_by(Federation.created_at, Federation.id)
-    if state is not None:
-        stmt = stmt.where(Federation.status == state)
+    if status_filter is not None:
+        stmt = stmt.where(Federation.status == status_filter)
     rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
     return ListPublic(data=[_public(r) for r in rows], count=count)
 

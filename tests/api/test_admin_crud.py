@@ -211,3 +211,12 @@ def test_clients_report_hardware_and_are_seen(
     listed = api.get(f"{V1}/clients/{party.client_id}", headers=admin_headers).json()
     assert listed["hardware"]["accelerator"] == "NVIDIA A10"
     assert listed["last_seen_at"] is not None
+
+
+def test_federations_filter_by_status(api: TestClient, admin_headers: dict[str, str]) -> None:
+    w = build_world(api, admin_headers)
+    api.post(f"{V1}/federations", json=federation_body(name="other"), headers=admin_headers)
+    api.post(f"{V1}/federations/{w.federation_id}/start", headers=admin_headers)
+    running = api.get(f"{V1}/federations?status=running", headers=admin_headers).json()
+    assert [f["id"] for f in running["data"]] == [w.federation_id]
+    assert api.get(f"{V1}/federations?status=draft", headers=admin_headers).json()["count"] == 1
