@@ -92,6 +92,7 @@ def participate(
         if session is None:
             if stop_when_idle:
                 break
+            participant.check_memberships()  # a federation joined meanwhile needs our fingerprint
             continue
         done += 1
     return done

@@ -238,3 +238,25 @@ def test_the_servers_record_of_spent_epsilon_is_a_floor(
         with pytest.raises(PrivacyBudgetExceededError, match=r"epsilon spent 9\.000"):
             participate(participant, wait=0, stop_when_idle=True)
     assert server.uploads == {}
+
+
+def test_a_federation_joined_while_running_gets_the_fingerprint(
+    tiny_llama: Path, llama_spec: p.ModelSpec, tmp_path: Path
+) -> None:
+    server = FakeServer()  # not a member of anything yet
+    polls = 0
+
+    def on_event(kind: str, info: dict[str, object]) -> None:
+        nonlocal polls
+        if kind == "idle":
+            polls += 1
+            if polls == 1:  # the admin adds the client to a federation meanwhile
+                server.memberships.append(membership(llama_spec, p.TaskType.CAUSAL_LM))
+            if polls == 2:
+                server.tasks.append(method_task(server, llama_spec, p.TaskType.CAUSAL_LM, "fedavg"))
+
+    with client_for(server, tmp_path) as client:
+        participant = Participant(client, tiny_llama, lm_records(), progress=False)
+        assert participate(participant, wait=0, max_rounds=1, on_event=on_event) == 1
+    assert server.fingerprints == {"f1": llama_spec.fingerprint}
+    assert list(server.accepted) == ["t1"]
