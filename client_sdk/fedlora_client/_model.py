@@ -29,7 +29,7 @@ from safetensors import safe_open
 from torch import nn
 
 from fedlora_client._errors import ConfigError, FingerprintMismatchError, ModelLoadError
-from fedlora_client.protocol import PEFT_PREFIX, ModelSpec, TaskType
+from fedlora_client.protocol import PEFT_PREFIX, HardwareProfile, ModelSpec, TaskType
 
 _VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_hash"})
 HEAD_MODULES: tuple[str, ...] = ("classifier", "score")
@@ -154,6 +154,14 @@ def load_base_model(
         tokenizer = load_tokenizer(directory)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device)
+
+
+def detect_hardware(device: str = "cpu") -> HardwareProfile:
+    """What to tell the server about this client's accelerator (name and memory in GiB)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return HardwareProfile(accelerator=props.name, memory_gb=props.total_memory / 2**30)
+    return HardwareProfile(accelerator="cpu")
 
 
 def load_tokenizer(path: str | Path) -> Any:

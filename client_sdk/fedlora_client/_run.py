@@ -12,6 +12,7 @@ from fedlora_client import protocol as p
 from fedlora_client._client import FedloraClient
 from fedlora_client._config import ClientConfig
 from fedlora_client._errors import ConflictError, NotFoundError, PrivacyBudgetExceededError
+from fedlora_client._model import detect_hardware
 from fedlora_client._participant import Participant
 
 log = logging.getLogger("fedlora_client")
@@ -111,6 +112,7 @@ def run(
         cfg.credentials_path, state_dir=cfg.state_dir, transport=transport
     )
     with client:
+        client.report_hardware(detect_hardware(cfg.model.device))
         participant = Participant(
             client,
             cfg.model.path,

@@ -55,14 +55,9 @@ def _friendly(action: Callable[[], T]) -> T:
 
 
 def _hardware() -> Any:
-    import torch
+    from fedlora_client._model import detect_hardware
 
-    from fedlora_client.protocol import HardwareProfile
-
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return HardwareProfile(accelerator=props.name, memory_gb=props.total_memory / 2**30)
-    return HardwareProfile(accelerator="cpu")
+    return detect_hardware("cuda")
 
 
 @app.command()

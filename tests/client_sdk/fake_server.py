@@ -56,6 +56,7 @@ class FakeServer:
     nth_faults: dict[tuple[str, int], Any] = field(default_factory=dict)
     """(method, n) -> fault for the n-th (1-based) request with that method."""
     issued: dict[str, p.TaskAssignment] = field(default_factory=dict)
+    hardware: p.HardwareProfile | None = None
 
     def add_artifact(self, body: bytes, lora: p.LoraSpec) -> p.ArtifactRef:
         digest = hashlib.sha256(body).hexdigest()
@@ -99,6 +100,9 @@ class FakeServer:
             )
         if request.headers.get("Authorization") != f"Bearer {API_KEY}":
             return httpx.Response(401, json={"detail": "invalid API key"})
+        if path == p.Routes.ME and method == "PATCH":
+            self.hardware = p.HardwareProfile.model_validate_json(request.content)
+            return httpx.Response(200, json={"client_id": "c1"})
         if path == p.Routes.MEMBERSHIPS:
             return httpx.Response(200, json=[m.model_dump(mode="json") for m in self.memberships])
         if m := re.fullmatch(rf"{prefix}/client/memberships/([^/]+)", path):

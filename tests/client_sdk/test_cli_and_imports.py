@@ -107,6 +107,7 @@ def test_run_from_client_toml(tiny_llama: Path, llama_spec: p.ModelSpec, tmp_pat
     assert events == ["task", "trained", "uploaded", "idle"]
     assert (tmp_path / "state" / "privacy_ledger.json").is_file()
     assert server.reports["t1"]["eval_loss"] > 0
+    assert server.hardware == p.HardwareProfile(accelerator="cpu")
 
 
 def test_bad_config_values_name_the_field(tmp_path: Path) -> None:

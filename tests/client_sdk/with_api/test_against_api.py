@@ -111,6 +111,10 @@ def _round(
                  json={"client_id": client.credentials.client_id, "rank_budget": 4},
                  headers=admin)  # fmt: skip
     assert r.status_code == 201, r.text
+    client.report_hardware(p.HardwareProfile(accelerator="cpu", memory_gb=16))
+    me = client.me()
+    assert me["id"] == client.credentials.client_id
+    assert me["hardware"]["memory_gb"] == 16
     participant = Participant(client, tiny_llama, lm_records(), progress=False, noise_seed=0)
     participant.check_memberships()  # reports the fingerprint: the client becomes eligible
     assert api.post(f"/api/v1/federations/{fid}/start", headers=admin).status_code == 200
