@@ -32,6 +32,9 @@ def serve(
     workers: int = typer.Option(1, min=1, help="API processes."),
     migrate: bool = typer.Option(True, help="Run the database migrations before serving."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    keep_alive: int = typer.Option(
+        75, min=1, help="Seconds an idle keep-alive connection stays open (longer than clients')."
+    ),
 ) -> None:
     """Serve the control-plane API with uvicorn (settings from FEDLORA_*; never loads torch)."""
     import uvicorn
@@ -49,6 +52,7 @@ def serve(
         workers=workers,
         log_level=log_level,
         proxy_headers=True,
+        timeout_keep_alive=keep_alive,
     )
 
 
