@@ -4,6 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { request as httpRequest } from "node:http";
 import { chromium } from "playwright-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -69,9 +70,37 @@ export function unique(prefix) {
   return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
 }
 
+/** Where tests set up data: the API itself when the script says where it is. */
+const API_URL = process.env.FEDLORA_API_DIRECT_URL ?? BASE_URL;
+
+/**
+ * A fetch-like request on a fresh connection each time: test set-up waits seconds between
+ * calls (CLI processes start), long enough for the server to close an idle keep-alive socket
+ * just as a pooled fetch() reuses it.
+ */
+function fetchOrSay(url, init = {}) {
+  return new Promise((resolvePromise, reject) => {
+    const req = httpRequest(url, { method: init.method ?? "GET", headers: init.headers, agent: false }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString();
+        resolvePromise({
+          ok: res.statusCode >= 200 && res.statusCode < 300,
+          status: res.statusCode,
+          text: async () => text,
+          json: async () => JSON.parse(text),
+        });
+      });
+    });
+    req.on("error", (e) => reject(new Error(`${init.method ?? "GET"} ${url}: ${e.message}`)));
+    req.end(init.body);
+  });
+}
+
 /** The admin side of the API, for setting up data a test does not drive through the UI. */
 export async function adminApi() {
-  const login = await fetch(`${BASE_URL}/api/v1/auth/login`, {
+  const login = await fetchOrSay(`${API_URL}/api/v1/auth/login`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ email: ADMIN_EMAIL, password: ADMIN_PASSWORD }),
@@ -79,7 +108,7 @@ export async function adminApi() {
   if (!login.ok) throw new Error(`admin login failed: ${login.status} ${await login.text()}`);
   const { access_token } = await login.json();
   async function req(method, path, body) {
-    const res = await fetch(`${BASE_URL}/api/v1${path}`, {
+    const res = await fetchOrSay(`${API_URL}/api/v1${path}`, {
       method,
       headers: { Authorization: `Bearer ${access_token}`, "Content-Type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -97,7 +126,7 @@ export async function adminApi() {
 
 /** Enrolls a client with a join token, as the SDK does; returns {client_id, api_key}. */
 export async function enroll(joinToken, name, hardware = { accelerator: "NVIDIA A10", memory_gb: 24 }) {
-  const res = await fetch(`${BASE_URL}/api/v1/enroll`, {
+  const res = await fetchOrSay(`${API_URL}/api/v1/enroll`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ join_token: joinToken, name, hardware }),
