@@ -117,7 +117,7 @@ export default function ArtifactsPage() {
                           Updates
                         </th>
                         <th scope="col" className="num">
-                          ε
+                          Epsilon
                         </th>
                         <th scope="col">Metrics</th>
                         <th scope="col">Adapter sha256</th>

@@ -319,6 +319,11 @@ export default function FederationPage({ id }: { id: string }) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [updatesKey, adapters.data, rounds.data, members.data, names]);
 
+  const title = fed.data?.name;
+  useEffect(() => {
+    if (title) document.title = `${title} · fedlora`;
+  }, [title]);
+
   if (fed.isPending) return <Loading label="Loading federation" />;
   if (fed.error && !fed.data) return <ErrorState error={fed.error} retry={() => void fed.refetch()} />;
   const f = fed.data!;
@@ -424,7 +429,7 @@ export default function FederationPage({ id }: { id: string }) {
                       Rank budget
                     </th>
                     <th scope="col" className="num">
-                      ε spent
+                      Epsilon spent
                     </th>
                     <th scope="col">Fingerprint</th>
                     <th scope="col" className="num">
