@@ -36,6 +36,7 @@ export async function openBrowser() {
     viewport: { width: 1360, height: 900 },
     baseURL: BASE_URL,
     acceptDownloads: true,
+    colorScheme: process.env.FEDLORA_UI_COLOR_SCHEME === "dark" ? "dark" : "light",
   });
   context.setDefaultTimeout(15_000);
   const page = context.pages()[0] ?? (await context.newPage());
