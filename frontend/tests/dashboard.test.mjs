@@ -161,12 +161,12 @@ test("the federation form shows the server's messages next to the fields, then c
     await addMember.getByLabel("Client").selectOption({ label: names[0] });
     await addMember.getByLabel("Rank budget").fill("16");
     await addMember.getByRole("button", { name: "Add member" }).click();
-    await page.getByRole("table", { name: "Members" }).getByRole("cell", { name: names[0] }).waitFor();
+    await page.getByRole("table", { name: "Members" }).getByRole("cell", { name: names[0], exact: true }).waitFor();
     const fedId = page.url().split("/").pop();
     await api.post(`/federations/${fedId}/memberships`, { client_id: clients[1].client_id, rank_budget: 8 });
     await api.post(`/federations/${fedId}/memberships`, { client_id: clients[2].client_id, rank_budget: 4 });
     await page.reload();
-    await page.getByRole("table", { name: "Members" }).getByRole("cell", { name: names[2] }).waitFor();
+    await page.getByRole("table", { name: "Members" }).getByRole("cell", { name: names[2], exact: true }).waitFor();
     const rankChart = page.getByRole("img", { name: "Distribution of member rank budgets" });
     await rankChart.locator("canvas").first().waitFor();
     assert.deepEqual(await chartRows(page, "Distribution of member rank budgets"), [
@@ -177,6 +177,16 @@ test("the federation form shows the server's messages next to the fields, then c
     assert.ok((await canvasInk(rankChart)) > 0.01, "the rank chart draws its bars");
     const eps = await chartRows(page, "Epsilon spent per client against the budget");
     assert.deepEqual(eps.map((r) => r[0]).sort(), [...names].sort());
+
+    // A member's rank budget is edited in place; the chart follows.
+    const budget = page.getByRole("textbox", { name: `Rank budget of ${names[2]}` });
+    await budget.fill("2");
+    await budget.press("Enter");
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll('table[aria-label="Distribution of member rank budgets"] tbody tr td:first-child')]
+        .map((td) => td.textContent)
+        .join() === "2,8,16",
+    );
 
     // Time to first render of the federation page on loopback: a fresh load until the
     // heading and the rank chart's bars are drawn (median of 5 loads, cache warm as in use).

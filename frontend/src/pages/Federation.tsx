@@ -152,6 +152,73 @@ function AddMember({ id, taken }: { id: string; taken: Set<string> }) {
   );
 }
 
+type Membership = S["MembershipPublic"];
+
+function useMembershipUpdate(federationId: string, membership: Membership) {
+  const qc = useQueryClient();
+  return useMutation({
+    mutationFn: (body: S["MembershipUpdate"]) =>
+      call(
+        api.PATCH("/api/v1/federations/{federation_id}/memberships/{membership_id}", {
+          params: { path: { federation_id: federationId, membership_id: membership.id } },
+          body,
+        }),
+      ),
+    onSuccess: () => void qc.invalidateQueries({ queryKey: ["federation", federationId, "memberships"] }),
+  });
+}
+
+/** A member's rank budget, editable in place (Enter or Save). */
+function RankBudget({ federationId, membership, name }: { federationId: string; membership: Membership; name: string }) {
+  const [value, setValue] = useState(String(membership.rank_budget));
+  const update = useMembershipUpdate(federationId, membership);
+  useEffect(() => setValue(String(membership.rank_budget)), [membership.rank_budget]);
+  const changed = value !== String(membership.rank_budget);
+  return (
+    <form
+      className="cell-form"
+      onSubmit={(e) => {
+        e.preventDefault();
+        if (changed) update.mutate({ rank_budget: Number(value) });
+      }}
+    >
+      <input
+        aria-label={`Rank budget of ${name}`}
+        inputMode="numeric"
+        value={value}
+        onChange={(e) => setValue(e.target.value)}
+        aria-invalid={update.error ? true : undefined}
+      />
+      {changed && (
+        <button type="submit" className="btn btn-small" disabled={update.isPending}>
+          Save
+        </button>
+      )}
+      {update.error && (
+        <span className="field-error" role="alert">
+          {errorMessage(update.error)}
+        </span>
+      )}
+    </form>
+  );
+}
+
+function ActiveToggle({ federationId, membership, name }: { federationId: string; membership: Membership; name: string }) {
+  const update = useMembershipUpdate(federationId, membership);
+  return (
+    <label className="check">
+      <input
+        type="checkbox"
+        checked={membership.active}
+        disabled={update.isPending}
+        onChange={(e) => update.mutate({ active: e.target.checked })}
+        aria-label={`${name} takes part`}
+      />
+      {update.error ? <span className="field-error">{errorMessage(update.error)}</span> : membership.active ? "yes" : "no"}
+    </label>
+  );
+}
+
 function Timeline({
   rounds,
   tasks,
@@ -442,7 +509,9 @@ export default function FederationPage({ id }: { id: string }) {
                   {d.data.map((m) => (
                     <tr key={m.id}>
                       <td>{nameOf(m.client_id)}</td>
-                      <td className="num">{m.rank_budget}</td>
+                      <td className="num">
+                        <RankBudget federationId={id} membership={m} name={nameOf(m.client_id)} />
+                      </td>
                       <td className="num">
                         {num(m.epsilon_spent)}
                         {budget != null && <span className="muted"> / {budget}</span>}
@@ -457,7 +526,9 @@ export default function FederationPage({ id }: { id: string }) {
                         )}
                       </td>
                       <td className="num">{m.num_examples ?? "—"}</td>
-                      <td>{m.active ? "yes" : "no"}</td>
+                      <td>
+                        <ActiveToggle federationId={id} membership={m} name={nameOf(m.client_id)} />
+                      </td>
                     </tr>
                   ))}
                 </tbody>
