@@ -69,7 +69,7 @@ def stack_group(
     for layer, module in enumerate(modules):
         offset = 0
         for (c, tensors), r in zip(factors, ranks, strict=True):
-            Bc[layer, :, offset : offset + r].copy_(tensors[lora_b_key(module)]).mul_(c)
+            torch.mul(tensors[lora_b_key(module)], c, out=Bc[layer, :, offset : offset + r])
             Ac[layer, offset : offset + r, :].copy_(tensors[lora_a_key(module)])
             offset += r
     return Bc, Ac
