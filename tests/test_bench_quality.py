@@ -1,0 +1,129 @@
+"""The pure parts of bench/quality.py: run planning, resume, data split, table building."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from fedlora.demo_data import Example
+
+STRATEGIES = ["fedavg", "hetlora", "flora", "flexlora", "fslora", "sdflora", "prelort"]
+
+
+@pytest.fixture(scope="module")
+def quality() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(q: ModuleType, spec: Any, accs: list[float], size: int = 1000) -> dict[str, Any]:
+    rounds = [
+        {"round": i + 1, "accuracy": a, "upload_bytes_mean": size} for i, a in enumerate(accs)
+    ]
+    rec: dict[str, Any] = q.record(spec, rounds, 10.0)
+    return rec
+
+
+def test_full_plan_covers_every_strategy_seed_and_privacy(quality: ModuleType) -> None:
+    mode = quality.MODES["full"]
+    runs = quality.plan_runs(mode, STRATEGIES, {})
+    keys = [r.key for r in runs]
+    assert len(keys) == len(set(keys))
+    no_dp = [r for r in runs if r.dp == "none"]
+    assert len(no_dp) == 3 * (len(STRATEGIES) + 2)  # fedavg twice + centralized, 3 seeds
+    assert {r.method for r in no_dp} == {
+        *STRATEGIES[1:],
+        "fedavg-r2",
+        "fedavg-r16",
+        "centralized-r16",
+    }
+    sample = [r for r in runs if r.dp == "sample"]
+    assert {r.epsilon for r in sample} == {8.0, 2.0}
+    assert len(sample) == 2 * (len(STRATEGIES) + 1)
+    assert all(r.seed == 0 for r in sample)
+    r2 = next(r for r in runs if r.method == "fedavg-r2")
+    r16 = next(r for r in runs if r.method == "fedavg-r16")
+    assert r2.global_rank == 2
+    assert r2.budgets == tuple(quality.BUDGETS)
+    assert r16.global_rank == 16
+    assert set(r16.budgets) == {16}
+    assert not any(r.dp == "client" for r in runs)  # needs the seed-0 results first
+
+
+def test_quick_plan_runs_every_strategy(quality: ModuleType) -> None:
+    runs = quality.plan_runs(quality.MODES["quick"], STRATEGIES, {})
+    assert {r.strategy for r in runs} >= set(STRATEGIES)
+    assert any(r.dp == "sample" for r in runs)
+
+
+def test_client_level_row_goes_to_the_best_method(quality: ModuleType) -> None:
+    mode = quality.MODES["quick"]
+    done = {}
+    for i, spec in enumerate(quality.plan_runs(mode, STRATEGIES, {})):
+        acc = 0.9 if spec.method == "flexlora" and spec.dp == "none" else 0.5 + i / 100
+        if spec.method == "centralized-r16":
+            acc = 0.99  # not a federated method: never the client-level row
+        done[spec.key] = _record(quality, spec, [acc])
+    client = [r for r in quality.plan_runs(mode, STRATEGIES, done) if r.dp == "client"]
+    assert len(client) == 1
+    assert client[0].method == "flexlora"
+    assert client[0].epsilon == 8.0
+
+
+def test_resume_keeps_finished_runs_and_refuses_other_settings(
+    quality: ModuleType, tmp_path: Path
+) -> None:
+    mode = quality.MODES["quick"]
+    spec = quality.plan_runs(mode, STRATEGIES, {})[0]
+    done = {spec.key: _record(quality, spec, [0.6, 0.7])}
+    path = tmp_path / "quality.json"
+    quality.save_results(path, mode, done, {"baseline_accuracy": 0.5})
+    again = quality.load_results(path, mode)
+    assert set(again) == {spec.key}
+    left = [s for s in quality.plan_runs(mode, STRATEGIES, again) if s.key not in again]
+    assert spec.key not in {s.key for s in left}
+    assert len(left) == len(quality.plan_runs(mode, STRATEGIES, {})) - 1
+    assert json.loads(path.read_text())["runs"][0]["final_accuracy"] == 0.7
+    with pytest.raises(SystemExit):
+        quality.load_results(path, quality.MODES["full"])
+    assert quality.load_results(tmp_path / "missing.json", mode) == {}
+
+
+def test_split_is_seeded_label_skewed_and_complete(quality: ModuleType) -> None:
+    train = [Example(f"s{i}", i % 2) for i in range(800)]
+    a, b = quality.split(train, 0), quality.split(train, 0)
+    assert a == b
+    assert quality.split(train, 1) != a
+    assert len(a) == len(quality.BUDGETS)
+    assert sorted(e.text for s in a for e in s) == sorted(e.text for e in train)
+    positive = [sum(e.label for e in s) / len(s) for s in a]
+    assert max(positive) - min(positive) > 0.3  # alpha 0.3 is strongly non-IID
+
+
+def test_table_mean_spread_and_order(quality: ModuleType) -> None:
+    mode = quality.MODES["full"]
+    runs = quality.plan_runs(mode, STRATEGIES, {})
+    hets = [r for r in runs if r.method == "hetlora" and r.dp == "none"]
+    dp = next(r for r in runs if r.method == "hetlora" and r.dp == "sample")
+    recs = [_record(quality, s, [0.6, a]) for s, a in zip(hets, [0.8, 0.82, 0.84], strict=True)]
+    recs.append(_record(quality, dp, [0.55, 0.7], size=2048))
+    table = quality.build_table(recs, 0.51)
+    lines = [line for line in table.splitlines() if line.startswith("| hetlora")]
+    assert len(lines) == 2
+    assert "| none | 0.820 ± 0.020 (n=3) |" in lines[0]
+    assert "sample eps=8" in lines[1]
+    assert "| 0.700 |" in lines[1]
+    assert "| 2.0 |" in lines[1]
+    assert "0.510" in table
