@@ -219,11 +219,10 @@ def group_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, list[dict
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["method"], r["privacy"]), []).append(r)
-    order = {"none": 0}
 
-    def rank(item: tuple[tuple[str, str], list[dict[str, Any]]]) -> tuple[int, str, str]:
+    def rank(item: tuple[tuple[str, str], list[dict[str, Any]]]) -> tuple[Any, ...]:
         method, privacy = item[0]
-        return (order.get(privacy, 1 if privacy.startswith("sample") else 2), privacy, method)
+        return (*_privacy_order(privacy), method)
 
     return [(m, p, rs) for (m, p), rs in sorted(groups.items(), key=rank)]
 
@@ -248,26 +247,39 @@ def build_table(runs: Sequence[dict[str, Any]], baseline: float | None = None) -
     return head + "\n".join(lines) + "\n" + foot
 
 
-def plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
+def _privacy_order(privacy: str) -> tuple[int, float]:
+    kind, _, eps = privacy.partition(" eps=")
+    return ({"none": 0, "sample": 1, "client": 2}.get(kind, 3), -float(eps or 0))
+
+
+def plot(runs: Sequence[dict[str, Any]], path: Path, baseline: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    privacies = sorted({r["privacy"] for r in runs}, key=lambda p: (p != "none", p))
-    fig, axes = plt.subplots(1, len(privacies), figsize=(5.5 * len(privacies), 4.2), squeeze=False)
+    privacies = sorted({r["privacy"] for r in runs}, key=_privacy_order)
+    methods = sorted({r["method"] for r in runs})
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(
+        1, len(privacies), figsize=(5 * len(privacies), 4.2), squeeze=False, sharey=True
+    )
     for ax, privacy in zip(axes[0], privacies, strict=True):
         for method, p, rs in group_rows(runs):
             if p != privacy:
                 continue
             n = min(len(r["rounds"]) for r in rs)
             acc = [statistics.mean(r["rounds"][i]["accuracy"] for r in rs) for i in range(n)]
-            ax.plot(range(1, n + 1), acc, marker="o", label=method)
+            label = method if len(rs) == 1 else f"{method} (mean of {len(rs)})"
+            ax.plot(range(1, n + 1), acc, marker="o", label=label, color=colors[method])
+        if baseline is not None:
+            ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="majority class")
         ax.set_title(f"privacy: {privacy}")
         ax.set_xlabel("round")
-        ax.set_ylabel("dev accuracy")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("SST-2 dev accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -278,7 +290,7 @@ def write_outputs(out: Path, done: dict[str, dict[str, Any]], baseline: float | 
     if not runs:
         return
     (out / "quality.md").write_text(build_table(runs, baseline))
-    plot(runs, out / "quality.png")
+    plot(runs, out / "quality.png", baseline)
 
 
 # ------------------------------------------------------------------------------------ runs
