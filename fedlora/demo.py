@@ -17,7 +17,6 @@ import os
 import random
 import secrets
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +29,7 @@ from rich.table import Table
 from fedlora.admin_client import AdminClient
 from fedlora.demo_data import Example, dirichlet_split, generate_sentiment, read_tsv, write_tsv
 from fedlora.demo_eval import Evaluator
-from fedlora.local import LocalPlatform, ManagedProcess, PlatformError
+from fedlora.local import LocalPlatform, ManagedProcess, PlatformError, sdk_argv
 
 ADMIN_EMAIL = "admin@demo.fedlora"
 TARGET_MODULES = ["query", "value"]
@@ -85,10 +84,6 @@ def _client_toml(org_dir: Path, model_path: Path, max_rounds: int) -> Path:
         f"[run]\nwait_seconds = 5\nmax_rounds = {max_rounds}\n"
     )
     return path
-
-
-def _client_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from fedlora_client.cli import main; main()", *args]
 
 
 def _federation_body(opts: DemoOptions, spec: dict[str, Any], n: int) -> dict[str, Any]:
@@ -216,7 +211,7 @@ class Demo:
             creds = org_dir / "credentials.json"
             enroll = ManagedProcess(
                 f"{org.name}-enroll",
-                _client_argv("enroll", "--server", platform.url, "--token", token,
+                sdk_argv("enroll", "--server", platform.url, "--token", token,
                              "--name", org.name, "--credentials", str(creds)),
                 env, self.work / "logs",
             )  # fmt: skip
@@ -227,7 +222,7 @@ class Demo:
             org.client_id = json.loads(creds.read_text())["client_id"]
             admin.add_member(fid, org.client_id, rank)
             org.process = ManagedProcess(
-                org.name, _client_argv("run", "--config", str(toml)), env, self.work / "logs"
+                org.name, sdk_argv("run", "--config", str(toml)), env, self.work / "logs"
             )
             self.orgs.append(org)
         deadline = time.monotonic() + 300

@@ -33,6 +33,11 @@ def free_port() -> int:
         return port
 
 
+def sdk_argv(*args: str) -> list[str]:
+    """The command line of ``fedlora-client ARGS`` with this interpreter (no PATH lookup)."""
+    return [sys.executable, "-c", "from fedlora_client.cli import main; main()", *args]
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

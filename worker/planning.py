@@ -19,11 +19,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from torch import Tensor
 
 from api.db import Task
 from api.services.round_types import FederationConfig, Member, PreviousAdapter
 from api.storage import ArtifactStore
-from fedlora_client.protocol import ArtifactRef, TrainingPlan
+from fedlora_client.protocol import ArtifactRef, LoraSpec, TrainingPlan
 from worker.strategies.adapters import derive_seed, tensors_to_bytes
 from worker.strategies.base import (
     STATE_META,
@@ -35,7 +36,7 @@ from worker.strategies.base import (
     Strategy,
 )
 from worker.strategies.params import validate_params
-from worker.strategies.plans import training_plan
+from worker.strategies.plans import encode_tensors, training_plan
 
 
 def federation_context(
@@ -89,6 +90,12 @@ def _put(store: ArtifactStore, data: bytes) -> str:
     return store.put_bytes(data).sha256
 
 
+def _store_tensors(store: ArtifactStore, tensors: dict[str, Tensor], lora: LoraSpec) -> ArtifactRef:
+    data, ref = encode_tensors(tensors, lora)
+    store.put_bytes(data, expected_sha256=ref.sha256)
+    return ref
+
+
 def make_plans(
     store: ArtifactStore,
     strategy: Strategy,
@@ -100,16 +107,10 @@ def make_plans(
     plans: dict[uuid.UUID, TrainingPlan] = {}
     budgets = {p.client_id: p.rank_budget for p in ctx.participants}
     for client_id, a in strategy.plan(state, ctx).items():
-        start_bytes = tensors_to_bytes(a.start)
-        start = ArtifactRef(
-            sha256=_put(store, start_bytes), size=len(start_bytes), lora=a.start_lora
-        )
+        start = _store_tensors(store, a.start, a.start_lora)
         merge = None
         if a.merge is not None and a.merge_lora is not None:
-            merge_bytes = tensors_to_bytes(a.merge)
-            merge = ArtifactRef(
-                sha256=_put(store, merge_bytes), size=len(merge_bytes), lora=a.merge_lora
-            )
+            merge = _store_tensors(store, a.merge, a.merge_lora)
         plan = training_plan(
             a,
             ctx,

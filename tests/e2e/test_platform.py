@@ -30,7 +30,6 @@ from safetensors.numpy import save as save_np
 
 from api.db import GlobalAdapter, Round, create_db_engine
 from fedlora.local import ManagedProcess
-from fedlora_client import inspect_model
 from fedlora_client.protocol import STRATEGY_NAMES, TaskAssignment, UploadManifest
 from tests.e2e.conftest import Stack, platform_env
 
@@ -73,10 +72,11 @@ def test_every_strategy_completes_two_rounds_with_sdk_processes(
     pg_url: str,
     redis_ok: str,
     tiny_llama: Path,
+    llama_spec: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     stack = stack_factory(platform_env(pg_url, redis_ok, tmp_path / "platform"))
-    spec = inspect_model(tiny_llama, "causal_lm", ["q_proj", "v_proj"], 2).model_dump(mode="json")
+    spec = llama_spec
     feds = {
         s: stack.admin.create_federation(_federation(f"e2e-{s}", s, spec)) for s in STRATEGY_NAMES
     }
@@ -165,7 +165,7 @@ def test_worker_killed_mid_job_round_is_published_exactly_once(
     stack_factory: Callable[..., Stack],
     pg_url: str,
     redis_ok: str,
-    tiny_llama: Path,
+    llama_spec: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "stalled"
@@ -181,15 +181,14 @@ def test_worker_killed_mid_job_round_is_published_exactly_once(
         "worker-killed", [sys.executable, "-m", "tests.e2e.slow_worker"], env, tmp_path / "logs"
     )
     try:
-        _kill_and_recover(stack, slow, marker, tiny_llama, pg_url)
+        _kill_and_recover(stack, slow, marker, llama_spec, pg_url)
     finally:
         slow.stop()
 
 
 def _kill_and_recover(
-    stack: Stack, slow: ManagedProcess, marker: Path, tiny_llama: Path, pg_url: str
+    stack: Stack, slow: ManagedProcess, marker: Path, spec: dict[str, Any], pg_url: str
 ) -> None:
-    spec = inspect_model(tiny_llama, "causal_lm", ["q_proj", "v_proj"], 2).model_dump(mode="json")
     fid = stack.admin.create_federation(
         _federation("e2e-kill", "flexlora", spec, num_rounds=1, clients_per_round=2, min_clients=2)
     )

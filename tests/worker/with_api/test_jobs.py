@@ -26,10 +26,10 @@ from api.db import Federation, GlobalAdapter, Round, Task
 from api.queue import RecordingEnqueuer
 from api.storage import ArtifactStore
 from fedlora_client.protocol import STRATEGY_NAMES, ModelSpec, TaskAssignment, UploadManifest
-from tests.api.world import Party, enroll, make_org
+from tests.api.factories import FINGERPRINT
+from tests.api.world import Party, enroll, join, make_org
 from worker import jobs
 
-FINGERPRINT = "ab" * 32
 MODEL = ModelSpec(
     fingerprint=FINGERPRINT,
     modules={"enc.0.query": (12, 10), "enc.0.value": (12, 10), "enc.1.query": (12, 10)},
@@ -75,18 +75,7 @@ def _setup(api: TestClient, admin: dict[str, str], strategy: str) -> tuple[str, 
     parties = []
     for i, rank in enumerate(RANKS):
         party = enroll(api, admin, org, f"c{i}")
-        r = api.post(
-            f"/api/v1/federations/{fid}/memberships",
-            json={"client_id": party.client_id, "rank_budget": rank},
-            headers=admin,
-        )
-        assert r.status_code == 201, r.text
-        r = api.put(
-            f"/api/v1/client/memberships/{fid}",
-            json={"fingerprint": FINGERPRINT},
-            headers=party.headers,
-        )
-        assert r.status_code == 200, r.text
+        join(api, admin, fid, party, rank=rank)  # membership + the client's fingerprint
         parties.append(party)
     r = api.post(f"/api/v1/federations/{fid}/start", headers=admin)
     assert r.status_code == 200, r.text
