@@ -15,14 +15,19 @@ Setup (identical for every method):
   layer (all four attention projections: +33% LoRA parameters and upload over q/k/v only,
   negligible compute on top of the frozen forward/backward), lora_alpha 16 (scale alpha/r),
   AdamW, learning rate 2e-3;
-- classification head: a PEFT ``modules_to_save`` module trained by every client and averaged
-  by data weight (num_examples) by the server, for every strategy. This is what the platform
-  does (``worker/strategies/common.py``) and what FedIT/HetLoRA/FlexLoRA/FLoRA do with
-  non-LoRA trainable parameters (plain FedAvg);
+- classification head: not a LoRA. It is a PEFT ``modules_to_save`` module (full ``classifier``
+  weight and bias) that every client trains and the server averages by data weight
+  (num_examples), for every strategy: that is what the platform does
+  (``worker/strategies/common.py``), plain FedAvg of the non-LoRA trainable parameters as in
+  the GLUE set-ups METHODS.md describes; FSLoRA feeds the averaged head through its server
+  optimizer like its factors (METHODS.md 3.2 step 7); it is part of every upload;
 - rank budgets {2, 2, 4, 4, 8, 8, 16, 16}; every strategy runs at global rank 16 with these
   budgets, except FedAvg (homogeneous by design) which runs twice: ``fedavg-r2`` at the
   smallest rank every client can afford, and ``fedavg-r16`` with every budget raised to 16
-  (the upper reference);
+  (the upper reference); FSLoRA runs twice: ``fslora`` with its registered defaults (server
+  AdamW at lr 5e-4, the paper's setting for 200 rounds: at most ~5e-4 per parameter per round,
+  so it barely leaves its start in a few rounds) and ``fslora-sgd1`` (server SGD at lr 1, i.e.
+  FedAvg of the sketched factor updates, METHODS.md 3.2 step 6), which gets the DP rows;
 - ``centralized-r16``: the ceiling, a plain PEFT loop in this process (not the platform),
   LoRA rank 16 on the union of the clients' data, with the same number of samples seen
   (rounds x clients x local steps x batch) and the same optimizer settings;
@@ -38,14 +43,14 @@ Modes (the same local steps, batch and learning rate for every method of a mode)
   2,000-phrase subset of the 6,735 dev phrases (standard error about 1 point); 6 rounds x 10
   local steps x batch 16 (160 samples per client per round; the centralized ceiling takes
   6 x 8 x 10 = 480 steps of 16), max_seq_len 64 (SST-2 phrases average ~12 tokens; batches
-  are padded to their longest); 3 seeds; epsilon 8 and 2; the client-level row: 43 runs.
+  are padded to their longest); 3 seeds; epsilon 8 and 2; the client-level row: 46 runs.
   Budgeted for about 90 minutes on 2 dedicated CPU cores (measured cost: about 1.6 CPU-s
   per client task for loading the model and adapter, plus ~0.15 CPU-s per step without DP and
   about twice that with DP-SGD, plus evaluation); a shared host takes longer, and the run
   resumes where it stopped.
 - ``--quick``: 2,400 training phrases, 500 dev, 4 rounds x 6 steps x batch 16, max_seq_len
   48, one seed; every strategy once without DP, sample-level DP at epsilon 8 for flexlora, and
-  the client-level row: 11 runs, about 10 minutes on 2 cores (more on a shared host). So few
+  the client-level row: 12 runs, about 10 minutes on 2 cores (more on a shared host). So few
   steps mostly check the plumbing: the federated rows may still sit near the majority class.
 
 Results: ``<out>/quality.json`` (one record appended per finished run: rerunning skips the
@@ -71,7 +76,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +125,7 @@ class RunSpec:
     dp: str  # none | sample | client
     epsilon: float | None
     seed: int
+    params: tuple[tuple[str, Any], ...] = ()  # strategy_params, as sorted (name, value) pairs
 
     @property
     def key(self) -> str:
@@ -131,17 +137,30 @@ class RunSpec:
         return "none" if self.dp == "none" else f"{self.dp} eps={self.epsilon:g}"
 
 
+# Extra rows: FSLoRA's registered defaults (server AdamW, lr 5e-4, the paper's GLUE setting for
+# 200 rounds) move every parameter by at most ~5e-4 per round, so within this benchmark's few
+# rounds it cannot leave the start; "fslora-sgd1" uses the server SGD at lr 1, which
+# METHODS.md 3.2 step 6 notes is FedAvg of the sketched factor updates.
+VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "fedavg": [],  # fedavg-r2 and fedavg-r16, below
+    "fslora": [("fslora", {}), ("fslora-sgd1", {"server_optimizer": "sgd", "server_lr": 1.0})],
+}
+NO_DP = {"fslora"}  # rows not repeated with DP (the defaults that cannot learn in few rounds)
+
+
 def method_specs(strategies: Sequence[str], seed: int) -> list[RunSpec]:
-    """The non-DP rows of one seed: every strategy (FedAvg twice) and the centralized one."""
+    """The non-DP rows of one seed: every strategy (FedAvg and FSLoRA twice) and the
+    centralized ceiling."""
+    het, n = tuple(BUDGETS), len(BUDGETS)
     specs = []
     for name in strategies:
         if name == "fedavg":
-            specs.append(
-                RunSpec("fedavg-r2", name, min(BUDGETS), tuple(BUDGETS), "none", None, seed)
-            )
-            specs.append(RunSpec("fedavg-r16", name, 16, (16,) * len(BUDGETS), "none", None, seed))
-        else:
-            specs.append(RunSpec(name, name, GLOBAL_RANK, tuple(BUDGETS), "none", None, seed))
+            specs.append(RunSpec("fedavg-r2", name, min(BUDGETS), het, "none", None, seed))
+            specs.append(RunSpec("fedavg-r16", name, 16, (16,) * n, "none", None, seed))
+            continue
+        for method, params in VARIANTS.get(name, [(name, {})]):
+            frozen = tuple(sorted(params.items()))
+            specs.append(RunSpec(method, name, GLOBAL_RANK, het, "none", None, seed, frozen))
     specs.append(RunSpec(CENTRAL, "centralized", 16, (), "none", None, seed))
     return specs
 
@@ -157,15 +176,11 @@ def plan_runs(
     federated = [s for s in method_specs(strategies, 0) if s.method != CENTRAL]
     for eps in mode.epsilons:
         for s in federated:
-            if mode.dp_methods is None or s.method in mode.dp_methods:
-                runs.append(
-                    RunSpec(s.method, s.strategy, s.global_rank, s.budgets, "sample", eps, 0)
-                )
+            if s.method not in NO_DP and (mode.dp_methods is None or s.method in mode.dp_methods):
+                runs.append(replace(s, dp="sample", epsilon=eps))
     if mode.client_level and all(s.key in done for s in federated):
         best = max(federated, key=lambda s: done[s.key]["final_accuracy"])
-        runs.append(
-            RunSpec(best.method, best.strategy, best.global_rank, best.budgets, "client", 8.0, 0)
-        )
+        runs.append(replace(best, dp="client", epsilon=8.0))
     return runs
 
 
@@ -346,7 +361,7 @@ def federation_body(spec: RunSpec, mode: Mode, model_spec: dict[str, Any]) -> di
         "model": model_spec,
         "target_modules": TARGET_MODULES,
         "strategy": spec.strategy,
-        "strategy_params": {},
+        "strategy_params": dict(spec.params),
         "global_rank": spec.global_rank,
         "num_rounds": mode.rounds,
         "clients_per_round": n,

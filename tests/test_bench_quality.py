@@ -42,12 +42,13 @@ def test_full_plan_covers_every_strategy_seed_and_privacy(quality: ModuleType) -
     keys = [r.key for r in runs]
     assert len(keys) == len(set(keys))
     no_dp = [r for r in runs if r.dp == "none"]
-    assert len(no_dp) == 3 * (len(STRATEGIES) + 2)  # fedavg twice + centralized, 3 seeds
+    assert len(no_dp) == 3 * (len(STRATEGIES) + 3)  # fedavg, fslora twice; centralized
     assert {r.method for r in no_dp} == {
         *STRATEGIES[1:],
         "fedavg-r2",
         "fedavg-r16",
         "centralized-r16",
+        "fslora-sgd1",
     }
     sample = [r for r in runs if r.dp == "sample"]
     assert {r.epsilon for r in sample} == {8.0, 2.0}
@@ -127,3 +128,20 @@ def test_table_mean_spread_and_order(quality: ModuleType) -> None:
     assert "| 0.700 |" in lines[1]
     assert "| 2.0 |" in lines[1]
     assert "0.510" in table
+
+
+def test_federation_body_carries_params_dp_and_training(quality: ModuleType) -> None:
+    mode = quality.MODES["full"]
+    runs = quality.plan_runs(mode, STRATEGIES, {})
+    assert not any(r.method == "fslora" and r.dp != "none" for r in runs)
+    spec = next(r for r in runs if r.method == "fslora-sgd1" and r.epsilon == 2.0)
+    body = quality.federation_body(spec, mode, {"modules": {}})
+    assert body["strategy"] == "fslora"
+    assert body["strategy_params"] == {"server_lr": 1.0, "server_optimizer": "sgd"}
+    assert body["dp"]["mode"] == "sample"
+    assert body["dp"]["target_epsilon"] == 2.0
+    assert body["dp"]["delta"] == 1e-5
+    assert body["training"]["steps"] == mode.local_steps
+    assert body["clients_per_round"] == len(quality.BUDGETS)
+    plain = next(r for r in runs if r.method == "hetlora" and r.dp == "none")
+    assert quality.federation_body(plain, mode, {})["dp"] == {"mode": "none"}
