@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS / f"aggregation-{mode}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     env = {
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": args.threads or torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "load_avg": os.getloadavg(),
