@@ -71,6 +71,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -178,7 +179,12 @@ def plan_runs(
         for s in federated:
             if s.method not in NO_DP and (mode.dp_methods is None or s.method in mode.dp_methods):
                 runs.append(replace(s, dp="sample", epsilon=eps))
-    if mode.client_level and all(s.key in done for s in federated):
+    finished = [RunSpec(**{**r["spec"], "budgets": tuple(r["spec"]["budgets"]),
+                           "params": tuple(map(tuple, r["spec"].get("params", ())))})
+                for r in done.values() if r["spec"]["dp"] == "client"]  # fmt: skip
+    if mode.client_level and finished:
+        runs += finished  # chosen once: a resumed run keeps it
+    elif mode.client_level and all(s.key in done for s in federated):
         best = max(federated, key=lambda s: done[s.key]["final_accuracy"])
         runs.append(replace(best, dp="client", epsilon=8.0))
     return runs
@@ -606,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--parallel", type=int, default=3, help="federations at once")
     args = parser.parse_args(argv)
+    # stop cleanly on SIGTERM too (kill PID): the finally blocks stop the platform and clients
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     mode = MODES["quick" if args.quick else "full"]
     out = (args.out or RESULTS / f"quality-{mode.name}").resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,11 @@ def test_client_level_row_goes_to_the_best_method(quality: ModuleType) -> None:
     assert len(client) == 1
     assert client[0].method == "flexlora"
     assert client[0].epsilon == 8.0
+    # once run, the client-level row stays that method even if the best changes later
+    done[client[0].key] = _record(quality, client[0], [0.6])
+    done[next(iter(done))]["final_accuracy"] = 0.95
+    again = [r for r in quality.plan_runs(mode, STRATEGIES, done) if r.dp == "client"]
+    assert again == client
 
 
 def test_resume_keeps_finished_runs_and_refuses_other_settings(
