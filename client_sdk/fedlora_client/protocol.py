@@ -150,6 +150,18 @@ class ModelSpec(BaseModel):
         return value
 
 
+def adapter_shapes(model: ModelSpec, rank: int) -> dict[str, tuple[int, ...]]:
+    """The tensors (PEFT saved key -> shape) of a rank-``rank`` adapter of ``model``: A and B of
+    every adapted module plus the ``extra_trainable`` (head) tensors."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for module, (d_out, d_in) in model.modules.items():
+        shapes[lora_a_key(module)] = (rank, d_in)
+        shapes[lora_b_key(module)] = (d_out, rank)
+    for key, shape in model.extra_trainable.items():
+        shapes[key] = tuple(shape)
+    return shapes
+
+
 # --------------------------------------------------------------------------- plan parts
 
 
@@ -285,14 +297,7 @@ class TrainingPlan(BaseModel):
 
     def upload_shapes(self) -> dict[str, tuple[int, ...]]:
         """Exactly the tensors (PEFT saved key -> shape) an upload for this plan must hold."""
-        r = self.lora.rank
-        shapes: dict[str, tuple[int, ...]] = {}
-        for module, (d_out, d_in) in self.model.modules.items():
-            shapes[lora_a_key(module)] = (r, d_in)
-            shapes[lora_b_key(module)] = (d_out, r)
-        for key, shape in self.model.extra_trainable.items():
-            shapes[key] = tuple(shape)
-        return shapes
+        return adapter_shapes(self.model, self.lora.rank)
 
 
 # --------------------------------------------------------------------------- messages

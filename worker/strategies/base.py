@@ -47,8 +47,7 @@ from fedlora_client.protocol import (
     PrivateModule,
     SketchPlan,
     TaskType,
-    lora_a_key,
-    lora_b_key,
+    adapter_shapes,
 )
 from worker.linalg import resolve_device
 from worker.strategies import errors
@@ -184,17 +183,6 @@ class AggregationResult:
         )
 
 
-def upload_shapes(model: ModelSpec, rank: int) -> dict[str, tuple[int, ...]]:
-    """Exactly the tensors an update at ``rank`` holds (mirrors ``TrainingPlan.upload_shapes``)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for module, (d_out, d_in) in model.modules.items():
-        shapes[lora_a_key(module)] = (rank, d_in)
-        shapes[lora_b_key(module)] = (d_out, rank)
-    for key, shape in model.extra_trainable.items():
-        shapes[key] = tuple(shape)
-    return shapes
-
-
 def same_spec(a: LoraSpec, b: LoraSpec) -> bool:
     """Equal rank and (to 1e-9 relative) equal scaling."""
     return a.rank == b.rank and math.isclose(a.scaling, b.scaling, rel_tol=1e-9)
@@ -235,7 +223,7 @@ class Strategy(ABC):
     def expected_upload(
         self, state: ServerState, ctx: PlanContext, participant: Participant
     ) -> dict[str, tuple[int, ...]]:
-        return upload_shapes(ctx.model, self.client_lora(state, ctx, participant).rank)
+        return adapter_shapes(ctx.model, self.client_lora(state, ctx, participant).rank)
 
     def aggregate(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]

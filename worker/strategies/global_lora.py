@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
-from fedlora_client.protocol import LoraSpec, lora_a_key, lora_b_key
+from fedlora_client.protocol import LoraSpec, adapter_shapes, lora_a_key, lora_b_key
 from worker.strategies import errors
 from worker.strategies.base import (
     AggregationResult,
@@ -55,13 +55,7 @@ class GlobalLoRAStrategy(Strategy):
     def check_state(self, state: ServerState, ctx: PlanContext) -> None:
         """Raise :class:`StateMismatchError` unless the state holds the model's factors at G."""
         rank = self.state_rank(ctx)
-        expected: dict[str, tuple[int, ...]] = {}
-        for module, (d_out, d_in) in ctx.model.modules.items():
-            expected[lora_a_key(module)] = (rank, d_in)
-            expected[lora_b_key(module)] = (d_out, rank)
-        for key, head_shape in ctx.model.extra_trainable.items():
-            expected[key] = tuple(head_shape)
-        for key, shape in expected.items():
+        for key, shape in adapter_shapes(ctx.model, rank).items():
             t = state.tensors.get(key)
             if t is None or tuple(t.shape) != shape:
                 got = None if t is None else tuple(t.shape)
