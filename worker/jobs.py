@@ -144,6 +144,9 @@ def _load_updates(store: ArtifactStore, inputs: AggregationInputs) -> list[Clien
 
 
 def _peak_memory(device: str) -> int:
+    """CUDA: the job's peak allocation (the stats are reset when it starts). CPU: the worker
+    process's peak resident memory so far (``ru_maxrss``), an upper bound of the job's, since
+    the OS keeps no per-interval peak; with the solo pool one process runs one job at a time."""
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
