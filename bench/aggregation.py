@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # set by worker/__init__.py
         "platform": platform.platform(),
         "load_avg": os.getloadavg(),
         "config": cfg,
