@@ -184,7 +184,8 @@ def plan_runs(
     federated = [s for s in method_specs(strategies, 0) if s.method != CENTRAL]
     for eps in mode.epsilons:
         for s in federated:
-            if s.method not in REFERENCE_ONLY and (mode.dp_methods is None or s.method in mode.dp_methods):
+            wanted = mode.dp_methods is None or s.method in mode.dp_methods
+            if s.method not in REFERENCE_ONLY and wanted:
                 runs.append(replace(s, dp="sample", epsilon=eps))
     finished = [RunSpec(**{**r["spec"], "budgets": tuple(r["spec"]["budgets"]),
                            "params": tuple(map(tuple, r["spec"].get("params", ())))})
