@@ -5,7 +5,11 @@ Celery worker on the embedded SQLite default; ``AdminClient`` drives the REST AP
 organizations, each a long-lived ``fedlora-client run`` process that loads MiniLM once and
 serves every federation of the benchmark it is a member of (as ``tests/e2e/conftest.py``'s
 Stack does). After every round the published global adapter is downloaded and scored on the
-SST-2 dev split with ``PeftModel.from_pretrained`` (``fedlora.demo_eval.Evaluator``).
+SST-2 dev split with ``PeftModel.from_pretrained`` (``fedlora.demo_eval.Evaluator``): argmax
+accuracy, and the ROC AUC of the logit margin, which is threshold-free. Under this label skew a
+federation can learn a good ranking while its averaged head's decision threshold swings from
+round to round (seen in the first full run: HetLoRA at AUC 0.89 with every prediction positive),
+so accuracy alone would call it "learned nothing".
 
 Setup (identical for every method):
 - data: SST-2 train from ``../shared/data/sst2/`` split across 8 clients, label-skewed
@@ -258,18 +262,20 @@ def group_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, list[dict
 
 def build_table(runs: Sequence[dict[str, Any]], baseline: float | None = None) -> str:
     head = (
-        "| method | privacy | final dev acc | best-round acc | upload KB/client/round "
-        "| rounds | wall s |\n|---|---|---|---|---|---|---|\n"
+        "| method | privacy | final dev acc | best-round acc | final dev AUC "
+        "| upload KB/client/round | rounds | wall s |\n|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for method, privacy, rs in group_rows(runs):
         final = [r["final_accuracy"] for r in rs]
         best = [max(x["accuracy"] for x in r["rounds"]) for r in rs]
+        auc = [r["rounds"][-1]["auc"] for r in rs if "auc" in r["rounds"][-1]]
         uploads = [x["upload_bytes_mean"] for r in rs for x in r["rounds"]]
         kb = f"{statistics.mean(uploads) / 1024:.1f}" if uploads and any(uploads) else "-"
         wall = statistics.mean(r["wall_seconds"] for r in rs)
         lines.append(
-            f"| {method} | {privacy} | {_mean_spread(final)} | {_mean_spread(best)} | {kb} "
+            f"| {method} | {privacy} | {_mean_spread(final)} | {_mean_spread(best)} "
+            f"| {_mean_spread(auc)} | {kb} "
             f"| {len(rs[0]['rounds'])} | {wall:.0f} |"
         )
     foot = f"\nMajority-class dev accuracy (learned nothing): {baseline:.3f}\n" if baseline else ""
@@ -290,25 +296,29 @@ def plot(runs: Sequence[dict[str, Any]], path: Path, baseline: float | None = No
     privacies = sorted({r["privacy"] for r in runs}, key=_privacy_order)
     methods = sorted({r["method"] for r in runs})
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    metrics = [("accuracy", "SST-2 dev accuracy", baseline), ("auc", "SST-2 dev ROC AUC", 0.5)]
     fig, axes = plt.subplots(
-        1, len(privacies), figsize=(5 * len(privacies), 4.2), squeeze=False, sharey=True
-    )
-    for ax, privacy in zip(axes[0], privacies, strict=True):
-        for method, p, rs in group_rows(runs):
-            if p != privacy:
-                continue
-            n = min(len(r["rounds"]) for r in rs)
-            acc = [statistics.mean(r["rounds"][i]["accuracy"] for r in rs) for i in range(n)]
-            label = method if len(rs) == 1 else f"{method} (mean of {len(rs)})"
-            ax.plot(range(1, n + 1), acc, marker="o", label=label, color=colors[method])
-        if baseline is not None:
-            ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="majority class")
-        ax.set_title(f"privacy: {privacy}")
-        ax.set_xlabel("round")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("SST-2 dev accuracy")
+        len(metrics), len(privacies), figsize=(5 * len(privacies), 8.4), squeeze=False,
+        sharey="row",
+    )  # fmt: skip
+    for row, (metric, ylabel, reference) in enumerate(metrics):
+        for ax, privacy in zip(axes[row], privacies, strict=True):
+            for method, p, rs in group_rows(runs):
+                if p != privacy or any(metric not in x for r in rs for x in r["rounds"]):
+                    continue
+                n = min(len(r["rounds"]) for r in rs)
+                ys = [statistics.mean(r["rounds"][i][metric] for r in rs) for i in range(n)]
+                label = method if len(rs) == 1 else f"{method} (mean of {len(rs)})"
+                ax.plot(range(1, n + 1), ys, marker="o", label=label, color=colors[method])
+            if reference is not None:
+                name = "majority class" if metric == "accuracy" else "chance"
+                ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=name)
+            ax.set_title(f"privacy: {privacy}")
+            ax.set_xlabel("round")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[row][0].set_ylabel(ylabel)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -475,7 +485,7 @@ class Fleet:
                 rnd = rounds[number]
                 ups = [u for u in updates if u["round_id"] == rnd["id"]]
                 directory = self.work / "adapters" / run.fid / str(number)
-                acc = evaluator.accuracy(
+                score = evaluator.score(
                     self.admin.download_adapter(adapters[number]["id"], directory)
                 )
                 shutil.rmtree(directory, ignore_errors=True)
@@ -484,7 +494,8 @@ class Fleet:
                 sizes = [by_client.get(cid, 0) for cid, _ in self.clients]
                 run.rounds[number] = {
                     "round": number,
-                    "accuracy": acc,
+                    "accuracy": score.accuracy,
+                    "auc": score.auc,
                     "train_loss": statistics.mean(losses) if losses else None,
                     "upload_bytes": sizes,
                     "upload_bytes_mean": statistics.mean(u["size"] for u in ups) if ups else 0,
@@ -493,7 +504,8 @@ class Fleet:
                     "seconds": time.monotonic() - run.started,
                 }
                 loss = run.rounds[number]["train_loss"] or float("nan")
-                print(f"  {run.spec.key}: round {number} acc {acc:.3f} loss {loss:.3f}", flush=True)
+                print(f"  {run.spec.key}: round {number} acc {score.accuracy:.3f} "
+                      f"auc {score.auc:.3f} loss {loss:.3f}", flush=True)  # fmt: skip
         if fed["status"] == "completed" and set(adapters) <= set(run.rounds):
             return record(run.spec, [run.rounds[n] for n in sorted(run.rounds)],
                           time.monotonic() - run.started, federation_id=run.fid)  # fmt: skip
@@ -565,14 +577,16 @@ def centralized(
             losses.append(out.loss.item())
         directory = work / "central" / spec.key
         model.save_pretrained(str(directory))
-        acc = evaluator.accuracy(directory)
+        score = evaluator.score(directory)
         rounds.append({
-            "round": number, "accuracy": acc, "train_loss": statistics.mean(losses),
+            "round": number, "accuracy": score.accuracy, "auc": score.auc,
+            "train_loss": statistics.mean(losses),
             "upload_bytes": [], "upload_bytes_mean": 0, "ranks": [16], "epsilon_max": 0.0,
             "seconds": time.monotonic() - started,
         })  # fmt: skip
         print(
-            f"  {spec.key}: round {number} acc {acc:.3f} loss {statistics.mean(losses):.3f}",
+            f"  {spec.key}: round {number} acc {score.accuracy:.3f} auc {score.auc:.3f} "
+            f"loss {statistics.mean(losses):.3f}",
             flush=True,
         )
     return record(

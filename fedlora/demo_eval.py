@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,6 +16,30 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from fedlora.demo_data import Example
+
+
+@dataclass(frozen=True)
+class Score:
+    """Held-out scores of one adapter.
+
+    ``accuracy`` is argmax accuracy. ``auc`` is the ROC AUC of the logit margin
+    ``logit[1] - logit[0]`` (binary tasks; NaN otherwise): threshold-free, so it shows whether
+    the model ranks examples well even when its decision threshold is off, which is how
+    label-skewed federations typically fail (a learned ranking with a biased head).
+    """
+
+    accuracy: float
+    auc: float
+
+
+def roc_auc(margins: torch.Tensor, labels: torch.Tensor) -> float:
+    """P(margin of a random positive > margin of a random negative), ties counted half."""
+    pos, neg = margins[labels == 1], margins[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).double().mean()
+    ties = (pos[:, None] == neg[None, :]).double().mean()
+    return float(greater + 0.5 * ties)
 
 
 class Evaluator:
@@ -40,17 +65,22 @@ class Evaluator:
         counts = Counter(self.labels.tolist())
         return max(counts.values()) / len(self.labels)
 
-    @torch.no_grad()
     def accuracy(self, adapter_dir: Path) -> float:
+        return self.score(adapter_dir).accuracy
+
+    @torch.no_grad()
+    def score(self, adapter_dir: Path) -> Score:
         base = AutoModelForSequenceClassification.from_pretrained(
             str(self.model_path), num_labels=2, local_files_only=True
         )
         model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-        correct = 0
+        logits = []
         for start in range(0, len(self.labels), self.batch):
             chunk = {k: v[start : start + self.batch] for k, v in self.inputs.items()}
             width = int(chunk["attention_mask"].sum(1).max())  # right padding: exact to trim
             chunk = {k: v[:, :width] for k, v in chunk.items()}
-            predicted = model(**chunk).logits.argmax(-1)
-            correct += int((predicted == self.labels[start : start + self.batch]).sum())
-        return correct / len(self.labels)
+            logits.append(model(**chunk).logits.float())
+        out = torch.cat(logits)
+        accuracy = float((out.argmax(-1) == self.labels).double().mean())
+        auc = roc_auc(out[:, 1] - out[:, 0], self.labels) if out.shape[1] == 2 else float("nan")
+        return Score(accuracy, auc)

@@ -30,7 +30,8 @@ def quality() -> ModuleType:
 
 def _record(q: ModuleType, spec: Any, accs: list[float], size: int = 1000) -> dict[str, Any]:
     rounds = [
-        {"round": i + 1, "accuracy": a, "upload_bytes_mean": size} for i, a in enumerate(accs)
+        {"round": i + 1, "accuracy": a, "auc": a + 0.1, "upload_bytes_mean": size}
+        for i, a in enumerate(accs)
     ]
     rec: dict[str, Any] = q.record(spec, rounds, 10.0)
     return rec
@@ -120,7 +121,7 @@ def test_split_is_seeded_label_skewed_and_complete(quality: ModuleType) -> None:
     assert max(positive) - min(positive) > 0.3  # alpha 0.3 is strongly non-IID
 
 
-def test_table_mean_spread_and_order(quality: ModuleType) -> None:
+def test_table_mean_spread_and_order(quality: ModuleType, tmp_path: Path) -> None:
     mode = quality.MODES["full"]
     runs = quality.plan_runs(mode, STRATEGIES, {})
     hets = [r for r in runs if r.method == "hetlora" and r.dp == "none"]
@@ -131,10 +132,13 @@ def test_table_mean_spread_and_order(quality: ModuleType) -> None:
     lines = [line for line in table.splitlines() if line.startswith("| hetlora")]
     assert len(lines) == 2
     assert "| none | 0.820 ± 0.020 (n=3) |" in lines[0]
+    assert "| 0.920 ± 0.020 (n=3) |" in lines[0]  # final AUC
     assert "sample eps=8" in lines[1]
     assert "| 0.700 |" in lines[1]
     assert "| 2.0 |" in lines[1]
     assert "0.510" in table
+    quality.plot(recs, tmp_path / "quality.png", 0.51)  # accuracy and AUC panels
+    assert (tmp_path / "quality.png").stat().st_size > 10_000
 
 
 def test_federation_body_carries_params_dp_and_training(quality: ModuleType) -> None:
