@@ -14,18 +14,20 @@
 * PreLort (``plan.nested_truncations``): :class:`NestedTruncation` masks rank components
   ``>= b`` with a forward pre-hook on every ``lora_B`` (scale unchanged), so only the first b
   components take part in the forward pass and receive gradient.
+* HetLoRA (``plan.tail_penalty``): :func:`tail_norm` is the self-pruning regularizer the
+  training loop adds to its loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from fedlora_client._errors import PlanError
-from fedlora_client.protocol import PEFT_PREFIX, LoraSpec, TrainingPlan
+from fedlora_client.protocol import PEFT_PREFIX, LoraSpec, TrainingPlan, lora_a_key, lora_b_key
 
 TRAINED = "default"
 PRIVATE = "private"
@@ -178,3 +180,21 @@ class NestedTruncation:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def tail_norm(
+    params: Mapping[str, torch.Tensor], modules: Iterable[str], keep: int
+) -> torch.Tensor:
+    """HetLoRA's ``sum_modules ||B[:, keep:]||_F ||A[keep:, :]||_F`` (differentiable).
+
+    ``params`` maps PEFT saved keys to the trained LoRA's parameters. A zero tail (B starts at
+    zero) has a zero gradient: the norm's subgradient at 0 is taken as 0.
+    """
+    total: torch.Tensor | None = None
+    for module in modules:
+        B, A = params[lora_b_key(module)], params[lora_a_key(module)]
+        term = torch.linalg.vector_norm(B[:, keep:]) * torch.linalg.vector_norm(A[keep:, :])
+        total = term if total is None else total + term
+    if total is None:
+        raise PlanError("tail_norm: the plan names no adapted modules")
+    return total

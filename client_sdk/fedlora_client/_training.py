@@ -24,6 +24,7 @@ from fedlora_client._adapters import (
     NestedTruncation,
     adapter_parameters,
     adapter_tensors,
+    tail_norm,
 )
 from fedlora_client._data import IGNORE_INDEX, EncodedData
 from fedlora_client._errors import TrainingOutOfMemoryError
@@ -129,6 +130,7 @@ def train_round(
     device = next(iter(released.values())).device
     rng = random.Random(plan.seed)
     nested = NestedTruncation(model, plan.lora.rank) if plan.nested_truncations else None
+    penalty = plan.tail_penalty
     sample_dp = dp.mode is DPMode.SAMPLE
     if sample_dp and plan.private is not None:
         log.warning(
@@ -154,6 +156,7 @@ def train_round(
         batches = _fixed_batches(n, bs, rng)
     model.train()
     losses: list[float] = []
+    tails: list[float] = []
     seen = 0
     bar, task_id = _progress(progress, steps)
     try:
@@ -170,6 +173,11 @@ def train_round(
                     backward_quietly(loss.sum() if sample_dp else loss.mean())
                 if dpsgd is not None:
                     dpsgd.apply(len(indices))
+                if penalty is not None:
+                    # data-independent, so added after the DP noise: the guarantee is unchanged
+                    reg = penalty.weight * tail_norm(released, plan.model.modules, penalty.keep)
+                    reg.backward()  # type: ignore[no-untyped-call]
+                    tails.append(float(reg.detach()) / penalty.weight)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 bar.update(task_id, advance=1, loss=f"{losses[-1]:.4f}" if losses else "-")
@@ -197,6 +205,8 @@ def train_round(
         "steps": float(steps),
         "noise_multiplier": sigma,
     }
+    if tails:
+        metrics["tail_norm"] = tails[-1]
     return RoundResult(
         tensors={k: final[k].contiguous() for k in plan.upload_shapes()},
         metrics=metrics,

@@ -262,6 +262,17 @@ class PrivateModule(BaseModel):
     lora: LoraSpec
 
 
+class TailPenalty(BaseModel):
+    """HetLoRA's self-pruning regularizer, added to the client's local loss every step:
+    ``weight * sum_modules ||B[:, keep:]||_F ||A[keep:, :]||_F`` (the norm of the rank tail the
+    server would prune next). It depends on no data, so it leaves a DP guarantee unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: int = Field(ge=1, le=4096, description="Rank components kept; the tail starts here.")
+    weight: float = Field(gt=0, le=1e3, description="lambda, the regularizer's weight.")
+
+
 class TrainingPlan(BaseModel):
     """What one selected client trains in one round. Produced by a strategy's planning hook."""
 
@@ -291,9 +302,21 @@ class TrainingPlan(BaseModel):
         description="PreLort: truncation levels b sampled uniformly per step (includes rank).",
     )
     sketch: SketchPlan | None = Field(default=None, description="FSLoRA index sets.")
+    tail_penalty: TailPenalty | None = Field(
+        default=None, description="HetLoRA self-pruning: the tail-norm regularizer."
+    )
     training: LocalTraining
     dp: DPPlan
     seed: int = Field(ge=0, description="Seed for local sampling and noise.")
+
+    @model_validator(mode="after")
+    def _tail_within_rank(self) -> TrainingPlan:
+        if self.tail_penalty is not None and self.tail_penalty.keep >= self.lora.rank:
+            raise ValueError(
+                f"tail_penalty.keep ({self.tail_penalty.keep}) must be below lora.rank "
+                f"({self.lora.rank})"
+            )
+        return self
 
     def upload_shapes(self) -> dict[str, tuple[int, ...]]:
         """Exactly the tensors (PEFT saved key -> shape) an upload for this plan must hold."""

@@ -144,6 +144,33 @@ def test_prelort_level_below_rank_leaves_the_tail_untouched(
         assert not torch.equal(a[:2], start[p.lora_a_key(module)][:2])
 
 
+@pytest.mark.parametrize("dp", [p.DPMode.NONE, p.DPMode.SAMPLE])
+def test_hetlora_tail_penalty_shrinks_the_tail_it_names(
+    dp: p.DPMode, tiny_llama: Path, llama_spec: p.ModelSpec
+) -> None:
+    from fedlora_client._adapters import tail_norm
+    from fedlora_client._data import encode_data
+    from fedlora_client._model import load_tokenizer
+    from fedlora_client._training import train_round
+
+    server = FakeServer()
+    task = method_task(server, llama_spec, p.TaskType.CAUSAL_LM, "hetlora", dp=dp, steps=6)
+    start = lora_tensors(llama_spec, 2, seed=1, zero_b=False)
+    data = encode_data(lm_records(), "causal_lm", load_tokenizer(tiny_llama), max_seq_len=32)
+    training = task.plan.training.model_copy(update={"learning_rate": 0.01})
+    tails = {}
+    for weight in (None, 5.0):
+        penalty = None if weight is None else p.TailPenalty(keep=1, weight=weight)
+        plan = task.plan.model_copy(update={"tail_penalty": penalty, "training": training})
+        model = build_peft_model(load_base_model(tiny_llama, "causal_lm"), plan, start)
+        result = train_round(model, plan, data, progress=False, noise_seed=0)
+        tails[weight] = float(tail_norm(result.tensors, llama_spec.modules, 1))
+        assert ("tail_norm" in result.metrics) == (weight is not None)
+    before = float(tail_norm(start, llama_spec.modules, 1))
+    assert tails[5.0] < 0.9 * before  # the penalty pulls the tail in
+    assert tails[5.0] < 0.9 * tails[None]  # and training alone does not
+
+
 def test_sdflora_private_module_persists_across_rounds(
     tiny_llama: Path, llama_spec: p.ModelSpec, tmp_path: Path
 ) -> None:

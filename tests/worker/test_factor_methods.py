@@ -6,9 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from fedlora_client.protocol import lora_a_key, lora_b_key
+from fedlora_client.protocol import TailPenalty, TrainingPlan, lora_a_key, lora_b_key
 from tests.worker.conftest import DEVICES, fake_updates, make_ctx, make_strategy
+from tests.worker.test_roundtrip import _plan
 from worker.strategies.fslora import sketch_indices
 
 BUDGETS = (2, 4, 8, 4)
@@ -194,6 +196,29 @@ def test_hetlora_self_pruning_shrinks_a_rank_whose_tail_norm_decreased() -> None
         state = strategy.aggregate(state, ctx, [update]).state
         assert strategy.plan(state, ctx)["c0"].lora.rank == (8 if t == 1 else 4)
     assert state.meta["ranks"] == {"c0": 4}
+
+
+def test_hetlora_plans_carry_the_tail_penalty_only_with_self_pruning() -> None:
+    params = {"self_pruning": True, "prune_gamma": 0.5, "prune_lambda": 0.01, "min_rank": 2}
+    ctx = make_ctx("hetlora", (8, 2, 16), params=params)
+    strategy = make_strategy(ctx, "hetlora")
+    plans = strategy.plan(strategy.init_state(ctx), ctx)
+    ranks = {cid: a.lora.rank for cid, a in plans.items()}
+    penalties = {cid: a.tail_penalty for cid, a in plans.items()}
+    for cid, rank in ranks.items():
+        if rank > 2:  # keep = max(min_rank, floor(0.5 r)) < r
+            assert penalties[cid] == TailPenalty(keep=max(2, rank // 2), weight=0.01)
+        else:  # nothing left to prune: no regularizer
+            assert penalties[cid] is None
+    off = make_ctx("hetlora", (8, 2, 16), params={**params, "self_pruning": False})
+    strategy = make_strategy(off, "hetlora")
+    unpenalized = strategy.plan(strategy.init_state(off), off).values()
+    assert all(a.tail_penalty is None for a in unpenalized)
+    plan = _plan(plans["c0"], ctx, "hetlora")  # the TrainingPlan the client receives
+    assert plan.tail_penalty == penalties["c0"]
+    whole = {**plan.model_dump(), "tail_penalty": {"keep": plan.lora.rank, "weight": 0.01}}
+    with pytest.raises(ValidationError, match=r"must be below lora\.rank"):
+        TrainingPlan.model_validate(whole)  # a tail that starts past the rank prunes nothing
 
 
 def test_fedavg_is_fedit_for_equal_ranks() -> None:

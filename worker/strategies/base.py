@@ -46,6 +46,7 @@ from fedlora_client.protocol import (
     ModelSpec,
     PrivateModule,
     SketchPlan,
+    TailPenalty,
     TaskType,
     adapter_shapes,
 )
@@ -154,6 +155,7 @@ class ClientAssignment:
     private: PrivateModule | None = None
     nested_truncations: list[int] = field(default_factory=list)
     sketch: SketchPlan | None = None
+    tail_penalty: TailPenalty | None = None
     client_dp: bool = True
 
 

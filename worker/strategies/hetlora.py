@@ -16,9 +16,10 @@ Project decisions:
 * Self-pruning is decided on the server from the uploaded factors: with ``k = floor(gamma r_i)``
   the tail norm ``sum_modules ||B_i[:, k:]||_F ||A_i[k:, :]||_F`` is compared with the client's
   previous tail at the same rank; if it decreased, the client's rank becomes
-  ``max(min_rank, k)`` from the next round on. The client-side regularizer
-  ``lambda ||B_tail|| ||A_tail||`` (``prune_lambda``) is the client's business; TrainingPlan v1
-  has no field for it.
+  ``max(min_rank, k)`` from the next round on. With ``self_pruning`` on and ``prune_lambda > 0``
+  the plan carries the client-side regularizer as :class:`TailPenalty` (``keep = k``,
+  ``weight = lambda``): the SDK adds ``lambda sum_modules ||B[:, k:]||_F ||A[k:, :]||_F`` to its
+  local loss, which is what pushes the tail towards zero so that the rule above fires.
 * Known biases (by design of the method): the FedIT cross-term and tail dilution (column j is
   scaled by ``sum_{i: r_i > j} w_i < 1``).
 """
@@ -27,10 +28,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from fedlora_client.protocol import lora_a_key, lora_b_key
+from fedlora_client.protocol import TailPenalty, lora_a_key, lora_b_key
 from worker.linalg import frobenius_norm_product
 from worker.strategies.base import (
     AggregationResult,
@@ -56,6 +58,20 @@ class HetLoRA(GlobalLoRAStrategy):
         rank = min(participant.rank_budget, self.state_rank(ctx))
         pruned = state.meta.get("ranks", {}).get(participant.client_id)
         return rank if pruned is None else min(rank, int(pruned))
+
+    def keep_rank(self, rank: int) -> int:
+        """``max(min_rank, floor(gamma r))``: the rank a client of ``rank`` would prune to."""
+        return max(self.params.min_rank, math.floor(self.params.prune_gamma * rank))
+
+    def plan_extras(
+        self, state: ServerState, ctx: PlanContext, participant: Participant
+    ) -> dict[str, Any]:
+        hp = self.params
+        rank = self.client_rank(state, ctx, participant)
+        keep = self.keep_rank(rank)
+        if not hp.self_pruning or hp.prune_lambda <= 0 or keep >= rank:
+            return {}
+        return {"tail_penalty": TailPenalty(keep=keep, weight=hp.prune_lambda)}
 
     def norm_weights(
         self, ctx: PlanContext, updates: Sequence[ClientUpdate]
@@ -98,7 +114,7 @@ class HetLoRA(GlobalLoRAStrategy):
             return ranks, tails
         for u in updates:
             r = u.lora.rank
-            keep = max(self.params.min_rank, math.floor(self.params.prune_gamma * r))
+            keep = self.keep_rank(r)
             if keep >= r:
                 continue
             tail = self.tail_norm(ctx, u, keep)

@@ -58,6 +58,7 @@ def training_plan(
         private=assignment.private,
         nested_truncations=assignment.nested_truncations,
         sketch=assignment.sketch,
+        tail_penalty=assignment.tail_penalty,
         training=training,
         dp=DPPlan(**dp_fields, planned_rounds=max(1, ctx.total_rounds)),
         seed=seed,
