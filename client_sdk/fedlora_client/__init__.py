@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "DataFields": "_data",
     "encode_data": "_data",
     "build_peft_model": "_adapters",
+    "tail_norm": "_adapters",
     "train_round": "_training",
     "RoundResult": "_training",
     # privacy
