@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from fedlora import __version__
+from worker.strategies.params import RECOMMENDED_STRATEGY  # torch-free
 
 app = typer.Typer(
     name="fedlora",
@@ -98,24 +99,32 @@ def strategies(
     """List the registered aggregation strategies with a one-line description each."""
     import json
 
-    from worker.strategies import STRATEGY_PARAMS, list_strategies
+    from worker.strategies import RECOMMENDED_STRATEGY, STRATEGY_PARAMS, list_strategies
 
     rows = list_strategies()
     if as_json:
         doc = [
-            {"name": n, "description": d, "params_schema": STRATEGY_PARAMS[n].model_json_schema()}
+            {
+                "name": n,
+                "description": d,
+                "params_schema": STRATEGY_PARAMS[n].model_json_schema(),
+                "recommended": n == RECOMMENDED_STRATEGY,
+            }
             for n, d in rows
         ]
         typer.echo(json.dumps(doc, indent=2))
         return
     width = max(len(n) for n, _ in rows)
     for name, description in rows:
-        typer.echo(f"{name:<{width}}  {description}")
+        mark = "  (recommended: docs/benchmarks.md)" if name == RECOMMENDED_STRATEGY else ""
+        typer.echo(f"{name:<{width}}  {description}{mark}")
 
 
 @app.command()
 def demo(
-    strategy: str = typer.Option("flexlora", help="Aggregation strategy (`fedlora strategies`)."),
+    strategy: str = typer.Option(
+        RECOMMENDED_STRATEGY, help="Aggregation strategy (`fedlora strategies`)."
+    ),
     clients: int = typer.Option(4, min=1, max=16, help="Simulated organizations."),
     ranks: str = typer.Option(
         "2,4,8,16", help="Rank budgets, comma-separated; cycled over the organizations."

@@ -30,6 +30,7 @@ from fedlora.admin_client import AdminClient
 from fedlora.demo_data import Example, dirichlet_split, generate_sentiment, read_tsv, write_tsv
 from fedlora.demo_eval import Evaluator
 from fedlora.local import LocalPlatform, ManagedProcess, PlatformError, sdk_argv
+from worker.strategies.params import RECOMMENDED_STRATEGY
 
 ADMIN_EMAIL = "admin@demo.fedlora"
 TARGET_MODULES = ["query", "value"]
@@ -37,7 +38,7 @@ TARGET_MODULES = ["query", "value"]
 
 @dataclass
 class DemoOptions:
-    strategy: str = "flexlora"
+    strategy: str = RECOMMENDED_STRATEGY
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     rounds: int = 3
     out: Path = Path("demo-out")

@@ -129,6 +129,13 @@ test("the federation form shows the server's messages next to the fields, then c
     await signIn(page);
     await page.getByRole("link", { name: "New federation" }).click();
     await page.getByRole("heading", { name: "New federation" }).waitFor();
+    // The strategy the platform recommends (the quality benchmark's best) is preselected.
+    const recommended = (await api.get("/strategies")).filter((s) => s.recommended);
+    assert.equal(recommended.length, 1);
+    const strategySelect = page.getByLabel("Strategy", { exact: true });
+    await strategySelect.locator(`option[value="${recommended[0].name}"]`).waitFor({ state: "attached" });
+    assert.equal(await strategySelect.inputValue(), recommended[0].name);
+    assert.match(await strategySelect.locator("option:checked").innerText(), /\(recommended\)/);
     await screenshot(page, "federation-new");
     const basics = page.getByRole("group", { name: "Federation" });
     await basics.getByLabel("Name", { exact: true }).fill(fed);

@@ -18,6 +18,7 @@ from fedlora_client.protocol import EnrollRequest
 from tests.api.conftest import ADMIN_EMAIL
 from tests.api.factories import federation_body
 from tests.api.world import build_world, enroll, make_org
+from worker.strategies.params import RECOMMENDED_STRATEGY
 
 V1 = "/api/v1"
 
@@ -169,8 +170,10 @@ def test_memberships_rank_budget_and_fingerprint_report(
 def test_strategies_publish_their_parameter_schemas(
     api: TestClient, admin_headers: dict[str, str]
 ) -> None:
-    names = {s["name"] for s in api.get(f"{V1}/strategies", headers=admin_headers).json()}
+    listed = api.get(f"{V1}/strategies", headers=admin_headers).json()
+    names = {s["name"] for s in listed}
     assert names == {"fedavg", "hetlora", "flora", "flexlora", "fslora", "sdflora", "prelort"}
+    assert [s["name"] for s in listed if s["recommended"]] == [RECOMMENDED_STRATEGY]
 
 
 def test_a_join_token_enrolls_exactly_one_client_under_a_race(

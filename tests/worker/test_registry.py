@@ -13,7 +13,12 @@ from typer.testing import CliRunner
 from fedlora.cli import app
 from fedlora_client.protocol import STRATEGY_NAMES
 from worker.strategies import get_strategy
-from worker.strategies.params import STRATEGY_DESCRIPTIONS, STRATEGY_PARAMS, validate_params
+from worker.strategies.params import (
+    RECOMMENDED_STRATEGY,
+    STRATEGY_DESCRIPTIONS,
+    STRATEGY_PARAMS,
+    validate_params,
+)
 
 
 def test_registry_and_params_import_no_torch() -> None:
@@ -65,3 +70,7 @@ def test_cli_lists_strategies() -> None:
     doc = json.loads(as_json.output)
     assert [row["name"] for row in doc] == list(STRATEGY_NAMES)
     assert all(row["description"] and "properties" in row["params_schema"] for row in doc)
+    assert [row["name"] for row in doc if row["recommended"]] == [RECOMMENDED_STRATEGY]
+    marked = [line for line in text.output.splitlines() if "(recommended" in line]
+    assert len(marked) == 1
+    assert marked[0].startswith(RECOMMENDED_STRATEGY)

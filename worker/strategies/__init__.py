@@ -18,14 +18,25 @@ import importlib
 from typing import TYPE_CHECKING
 
 from fedlora_client.protocol import STRATEGY_NAMES
-from worker.strategies.params import STRATEGY_DESCRIPTIONS, STRATEGY_PARAMS, validate_params
+from worker.strategies.params import (
+    RECOMMENDED_STRATEGY,
+    STRATEGY_DESCRIPTIONS,
+    STRATEGY_PARAMS,
+    validate_params,
+)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from worker.strategies.base import Strategy
 
-__all__ = ["STRATEGY_DESCRIPTIONS", "STRATEGY_PARAMS", "get_strategy", "list_strategies"]
+__all__ = [
+    "RECOMMENDED_STRATEGY",
+    "STRATEGY_DESCRIPTIONS",
+    "STRATEGY_PARAMS",
+    "get_strategy",
+    "list_strategies",
+]
 
 _REGISTRY: dict[str, tuple[str, str]] = {
     "fedavg": ("worker.strategies.fedavg", "FedAvg"),

@@ -58,7 +58,9 @@ export default function NewFederationPage() {
   });
   const names = strategies.data?.map((x) => x.name) ?? namesFromSchema(rootProps.strategy);
   const [values, setValues] = useState<Values>(() => initialValues(root, schemas));
-  const strategy = values.strategy || (names.includes("fslora") ? "fslora" : (names[0] ?? ""));
+  // Preselect the platform's recommended strategy (the quality benchmark's best method).
+  const recommended = strategies.data?.find((x) => x.recommended)?.name;
+  const strategy = values.strategy || recommended || (names[0] ?? "");
   const params = paramsOf(strategies.data, strategy);
   // Draw the chosen strategy's defaults once its schema has arrived.
   useEffect(() => {
@@ -120,7 +122,7 @@ export default function NewFederationPage() {
                   <select {...p} value={strategy} onChange={(e) => onChange("strategy", e.target.value)}>
                     {names.map((s) => (
                       <option key={s} value={s}>
-                        {s}
+                        {s === recommended ? `${s} (recommended)` : s}
                       </option>
                     ))}
                   </select>
