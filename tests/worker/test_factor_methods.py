@@ -84,14 +84,15 @@ def test_fslora_sgd_aggregation_matches_a_hand_computation(device: str) -> None:
 
 def test_fslora_adamw_keeps_its_state_across_rounds() -> None:
     lr, wd, (b1, b2), eps = 0.01, 0.01, (0.9, 0.999), 1e-8
-    ctx = make_ctx("fslora", BUDGETS, params={"server_lr": lr})
+    params = {"server_optimizer": "adamw", "server_lr": lr}
+    ctx = make_ctx("fslora", BUDGETS, params=params)
     strategy = make_strategy(ctx, "fslora")
     state = strategy.init_state(ctx)
     key = lora_b_key("layers.0.q_proj")
     p = state.tensors[key].clone()
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     for t in (1, 2):
-        ctx = make_ctx("fslora", BUDGETS, params={"server_lr": lr}, round_number=t)
+        ctx = make_ctx("fslora", BUDGETS, params=params, round_number=t)
         updates = fake_updates(strategy.plan(state, ctx), seed=t)
         g = strategy.pseudo_gradients(state, ctx, updates)[key]
         result = strategy.aggregate(state, ctx, updates)

@@ -83,7 +83,7 @@ def test_round_trip(name: str, device: str, tmp_path: object) -> None:
 def test_state_save_load(tmp_path: object) -> None:
     from pathlib import Path
 
-    ctx = make_ctx("fslora", BUDGETS)
+    ctx = make_ctx("fslora", BUDGETS, params={"server_optimizer": "adamw", "server_lr": 5e-4})
     strategy = make_strategy(ctx, "fslora")
     state = strategy.init_state(ctx)
     result = strategy.aggregate(state, ctx, fake_updates(strategy.plan(state, ctx)))

@@ -89,12 +89,17 @@ class FSLoRAParams(StrategyParams):
         "rank. A client's sketch size k_i is min(its rank budget, r).",
     )
     server_optimizer: Literal["adamw", "sgd"] = Field(
-        default="adamw",
+        default="sgd",
         description="Server optimizer fed with the pseudo-gradient (1/K) sum scatter(delta_i). "
-        "'sgd' with server_lr 1 is FedAvg of the sketched factor updates.",
+        "'sgd' with server_lr 1 (the default) is FedAvg of the sketched factor updates; the "
+        "paper's 'adamw' at 5e-4 suits runs of ~200 rounds (it moves each parameter by at most "
+        "~server_lr per round).",
     )
     server_lr: float = Field(
-        default=5e-4, gt=0.0, le=10.0, description="Server learning rate (paper: 5e-4 or 3e-4)."
+        default=1.0,
+        gt=0.0,
+        le=10.0,
+        description="Server learning rate (1 with sgd; the paper's AdamW: 5e-4 or 3e-4).",
     )
     weight_decay: float = Field(
         default=0.01, ge=0.0, le=1.0, description="Decoupled weight decay of AdamW (or SGD's L2)."
@@ -175,6 +180,10 @@ STRATEGY_PARAMS: dict[str, type[StrategyParams]] = {
     "sdflora": SDFLoRAParams,
     "prelort": PreLortParams,
 }
+
+RECOMMENDED_STRATEGY = "flexlora"
+"""The strategy the dashboard preselects, the demo runs and ``fedlora strategies`` marks: the
+best of the learning-quality benchmark (``docs/benchmarks.md``, ``bench/quality.py``)."""
 
 STRATEGY_DESCRIPTIONS: dict[str, str] = {
     "fedavg": "FedIT baseline: average A and B separately (homogeneous ranks; not exact).",
