@@ -254,11 +254,17 @@ def segment_average(
     cover = torch.zeros(rank, dtype=torch.float64)
     for t, w in zip(tensors, weights, strict=True):
         cover[: t.shape[rank_dim]] += float(w)
+    covered = cover > 0
     view = [1] * total.ndim
     view[rank_dim] = rank
-    cover_t = cover.to(device=total.device, dtype=total.dtype).view(view)
-    covered = cover_t > 0
-    return torch.where(covered, total / torch.where(covered, cover_t, 1.0), previous.to(total))
+    # in place: one pass over the result (no temporaries of its size); the fallback to
+    # ``previous`` costs a second pass only when some index is not covered
+    inverse = torch.where(covered, 1.0 / torch.where(covered, cover, 1.0), 0.0)
+    total.mul_(inverse.to(device=total.device, dtype=total.dtype).view(view))
+    if bool(covered.all()):
+        return total
+    mask = covered.to(total.device).view(view)
+    return torch.where(mask, total, previous.to(total))
 
 
 def weighted_sum(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
