@@ -185,15 +185,18 @@ class NestedTruncation:
 def tail_norm(
     params: Mapping[str, torch.Tensor], modules: Iterable[str], keep: int
 ) -> torch.Tensor:
-    """HetLoRA's ``sum_modules ||B[:, keep:]||_F ||A[keep:, :]||_F`` (differentiable).
+    """HetLoRA's ``sum_modules ||B[:, keep:]||_F ||A[keep:, :]||_F`` (differentiable, float32).
 
-    ``params`` maps PEFT saved keys to the trained LoRA's parameters. A zero tail (B starts at
-    zero) has a zero gradient: the norm's subgradient at 0 is taken as 0.
+    ``params`` maps PEFT saved keys to the trained LoRA's parameters (or an upload's tensors:
+    the server's pruning rule measures the same quantity with this function). A zero tail (B
+    starts at zero) has a zero gradient: the norm's subgradient at 0 is taken as 0.
     """
     total: torch.Tensor | None = None
     for module in modules:
         B, A = params[lora_b_key(module)], params[lora_a_key(module)]
-        term = torch.linalg.vector_norm(B[:, keep:]) * torch.linalg.vector_norm(A[keep:, :])
+        term = torch.linalg.vector_norm(B[:, keep:], dtype=torch.float32) * (
+            torch.linalg.vector_norm(A[keep:, :], dtype=torch.float32)
+        )
         total = term if total is None else total + term
     if total is None:
         raise PlanError("tail_norm: the plan names no adapted modules")

@@ -30,8 +30,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
+from fedlora_client._adapters import tail_norm
 from fedlora_client.protocol import TailPenalty, lora_a_key, lora_b_key
 from worker.linalg import frobenius_norm_product
 from worker.strategies.base import (
@@ -94,17 +93,6 @@ class HetLoRA(GlobalLoRAStrategy):
             out[module] = [n / total for n in norms] if total > 0 else fallback
         return out
 
-    def tail_norm(self, ctx: PlanContext, update: ClientUpdate, keep: int) -> float:
-        """``sum_modules ||B[:, keep:]||_F ||A[keep:, :]||_F`` of an update."""
-        total = 0.0
-        for module in ctx.model.modules:
-            B = update.tensors[lora_b_key(module)][:, keep:]
-            A = update.tensors[lora_a_key(module)][keep:, :]
-            total += float(torch.linalg.matrix_norm(B.float())) * float(
-                torch.linalg.matrix_norm(A.float())
-            )
-        return total
-
     def prune(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> tuple[dict[str, int], dict[str, list[float]]]:
@@ -117,7 +105,7 @@ class HetLoRA(GlobalLoRAStrategy):
             keep = self.keep_rank(r)
             if keep >= r:
                 continue
-            tail = self.tail_norm(ctx, u, keep)
+            tail = float(tail_norm(u.tensors, ctx.model.modules, keep))  # what clients penalize
             previous = tails.get(u.client_id)
             if previous is not None and int(previous[0]) == r and tail < previous[1]:
                 ranks[u.client_id] = keep
