@@ -51,11 +51,11 @@ Modes (the same local steps, batch and learning rate for every method of a mode)
   are padded to their longest); 3 seeds; epsilon 8 and 2; the client-level row: 45 runs.
   Chosen by an in-process FedAvg check on the same Dirichlet(0.3) split (rank 8, AdamW 2e-3):
   it leaves the majority class after round 3-4 and reaches ~0.70-0.80 by round 5-6, at batch 8
-  and at batch 16 alike, so batch 8 (0.22 instead of 0.43 CPU-s per step) buys the three seeds.
-  Budgeted for about 90-100 minutes on 2 dedicated CPU cores (measured cost: about 1.6 CPU-s
-  per client task for loading the model and adapter, plus ~0.22 CPU-s per step without DP and
-  about twice that with DP-SGD, plus evaluation); a shared host takes longer, and the run
-  resumes where it stopped.
+  and at batch 16 alike, and its rounds took 25-30 s at batch 8 against 40-45 s at batch 16
+  (0.43 CPU-s per batch-16 step), so batch 8 buys the three seeds. Measured: 45 runs in 94
+  minutes on the 2-core development machine, partly shared with test runs (about 1.6 CPU-s per
+  client task for loading the model and adapter, plus the steps, about twice as dear with
+  DP-SGD, plus evaluation); a shared host takes longer, and the run resumes where it stopped.
 - ``--quick``: 2,400 training phrases, 500 dev, 4 rounds x 6 steps x batch 16, max_seq_len
   48, one seed; every strategy once without DP, sample-level DP at epsilon 8 for flexlora, and
   the client-level row: 12 runs, about 10 minutes on 2 cores (more on a shared host). So few

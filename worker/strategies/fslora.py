@@ -122,7 +122,7 @@ class FSLoRA(GlobalLoRAStrategy):
         Computed as ``(count * B - sum_i scatter(b_i)) / K`` where ``count[j]`` is how many
         clients hold index j (``sum_i scatter(B[:, I_i]) = count * B``): one scatter-add of
         the uploads, no gathers. B's columns are scattered with ``index_add_`` along dim 1,
-        which walks the row-major upload in memory order (2-4x faster on a CPU than adding
+        which walks the row-major upload in memory order (1.5-4x faster on a CPU than adding
         the transposed upload as rows of ``B^T``).
         """
         dev, K = self.device, len(updates)
