@@ -131,20 +131,17 @@ def _round(
     return fid, int(count or 0)
 
 
-@pytest.mark.parametrize("method", ["fedavg", "sdflora"])
+# Every method's plan shape on SQLite; FedAvg and SDFLoRA (the two plan extremes: plain factors,
+# and a private module that must never reach the server) on Postgres as well.
+ROUNDS = [
+    (method, db)
+    for method in METHODS
+    for db in (("sqlite", "postgres") if method in {"fedavg", "sdflora"} else ("sqlite",))
+]
+
+
+@pytest.mark.parametrize(("method", "db_url"), ROUNDS, indirect=["db_url"])
 def test_full_round_against_the_api(
-    method: str, api: TestClient, admin_headers: dict[str, str], store: ArtifactStore,
-    app_sessions: sessionmaker[Session], llama_spec: p.ModelSpec, tiny_llama: Path,
-    tmp_path: Path,
-) -> None:  # fmt: skip
-    _, accepted = _round(api, admin_headers, store, app_sessions, llama_spec, method, tmp_path,
-                         tiny_llama)  # fmt: skip
-    assert accepted == 1
-
-
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in {"fedavg", "sdflora"}])
-def test_every_other_method_plan_shape_against_the_api(
     method: str, api: TestClient, admin_headers: dict[str, str], store: ArtifactStore,
     app_sessions: sessionmaker[Session], llama_spec: p.ModelSpec, tiny_llama: Path,
     tmp_path: Path,
