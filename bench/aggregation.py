@@ -277,8 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(STRATEGY_NAMES))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--dense-layers", type=int, default=None, help="layers for the dense route")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (torch's MKL and SciPy's OpenBLAS)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:  # read by OpenBLAS when the spawned children load SciPy
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     mode = "quick" if args.quick else "full"
     cfg = CONFIGS[mode]
     dense_layers = args.dense_layers or (1 if mode == "full" else 4 * cfg["layers"])

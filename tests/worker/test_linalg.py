@@ -9,14 +9,17 @@ from hypothesis import strategies as st
 
 from tests.worker.conftest import DEVICES
 from worker.linalg import (
+    core_and_gram,
     dense_svd,
     factored_svd,
     frobenius_norm_product,
     pad_rank,
     padded_weighted_sum,
+    r_factor,
     resolve_device,
     segment_average,
     stack_factors,
+    top_eigenvectors,
     weighted_sum,
 )
 from worker.strategies.errors import ShapeMismatchError
@@ -46,7 +49,12 @@ def test_factored_svd_equals_dense_truncation(device: str) -> None:
     W = sum(c * B @ A for c, B, A in zip(coeffs, Bs, As, strict=True))  # independent reference
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     fact = factored_svd(Bc, Ac, rank=12)
-    torch.testing.assert_close(fact.S[..., :30], S[..., :30], rtol=1e-10, atol=1e-10)
+    assert fact.S.shape == (3, 12)  # only the requested triplets are computed
+    torch.testing.assert_close(fact.S, S[..., :12], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fact.energy, (S**2).sum(-1), rtol=1e-10, atol=1e-10)
+    eye = torch.eye(12, dtype=F64, device=device)
+    torch.testing.assert_close(fact.U.mT @ fact.U, eye.expand(3, 12, 12))
+    torch.testing.assert_close(fact.Vh @ fact.Vh.mT, eye.expand(3, 12, 12))
     for k in (1, 5, 12):
         ref = U[..., :k] * S[..., None, :k] @ Vh[..., :k, :]
         B, A = fact.factors(k, scaling=2.0)
@@ -92,8 +100,48 @@ def test_factored_svd_falls_back_to_dense_when_rank_is_large() -> None:
     Bc, Ac = stack_factors(Bs, As, [1.0, 1.0])
     fact = factored_svd(Bc, Ac, 4)  # R = 12 >= min(m, d) = 10
     S = torch.linalg.svdvals(Bc @ Ac)
-    torch.testing.assert_close(fact.S, S)
+    torch.testing.assert_close(fact.S, S[:4])
+    torch.testing.assert_close(fact.energy, (S**2).sum())
     assert fact.U.shape == (12, 4)
+
+
+def test_factored_svd_of_rank_deficient_and_zero_products() -> None:
+    """Clients that start from the same factors stack nearly collinear columns; some send 0."""
+    Bs, As = _clients(64, 48, (6, 4), seed=7)
+    Bs = [Bs[0], Bs[0][:, :4] + 1e-9 * Bs[1], torch.zeros(64, 3, dtype=F64)]
+    As = [As[0], As[0][:4] + 1e-9 * As[1], torch.randn(3, 48, dtype=F64)]
+    Bc, Ac = stack_factors(Bs, As, [0.5, 0.3, 0.2])  # R = 13, rank(W) = 6 (+ 1e-9 terms)
+    U, S, Vh = torch.linalg.svd(Bc @ Ac, full_matrices=False)
+    fact = factored_svd(Bc, Ac, rank=10)  # asks for more components than W has
+    assert bool(torch.isfinite(fact.U).all())
+    assert bool(torch.isfinite(fact.Vh).all())
+    torch.testing.assert_close(fact.U.mT @ fact.U, torch.eye(10, dtype=F64))
+    torch.testing.assert_close(fact.Vh @ fact.Vh.mT, torch.eye(10, dtype=F64))
+    torch.testing.assert_close(fact.S, S[:10], rtol=0, atol=1e-12 * float(S[0]))
+    for k in (3, 6, 10):
+        B, A = fact.factors(k, 1.0)
+        ref = U[:, :k] * S[:k] @ Vh[:k]
+        assert _rel(B @ A, ref) < 1e-9
+    zero = factored_svd(torch.zeros(64, 13, dtype=F64), torch.zeros(13, 48, dtype=F64), 5)
+    B, A = zero.factors(5, 1.0, "balanced")
+    assert float(B.abs().max()) == 0.0
+    assert float(zero.tail_ratio(5)) == 0.0
+    torch.testing.assert_close(zero.Vh @ zero.Vh.mT, torch.eye(5, dtype=F64))
+
+
+def test_top_eigenvectors_lapack_subset_matches_torch_eigh() -> None:
+    """The CPU route (SciPy ``syevr``, k vectors) against ``torch.linalg.eigh`` (CUDA's route)."""
+    gen = torch.Generator().manual_seed(8)
+    X = torch.randn(2, 40, 40, generator=gen, dtype=F64)
+    G = X @ X.mT
+    got = top_eigenvectors(G, 7)
+    values, vectors = torch.linalg.eigh(G)
+    ref = vectors[..., -7:].flip(-1)
+    assert got.shape == (2, 40, 7)
+    # eigenvectors are defined up to sign: compare the projectors
+    torch.testing.assert_close(got @ got.mT, ref @ ref.mT)
+    rayleigh = (got.mT @ G @ got).diagonal(dim1=-2, dim2=-1)
+    torch.testing.assert_close(rayleigh, values[..., -7:].flip(-1))
 
 
 def test_frobenius_norm_of_product_without_the_product() -> None:
@@ -182,3 +230,16 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_r_factor_and_core_products_of_the_factored_route() -> None:
+    gen = torch.Generator().manual_seed(9)
+    X = torch.randn(2, 30, 7, generator=gen, dtype=F64).mT.contiguous().mT  # column-major stack
+    RX = r_factor(X)
+    assert RX.shape == (2, 7, 7)
+    torch.testing.assert_close(RX, RX.triu())
+    torch.testing.assert_close(RX.mT @ RX, X.mT @ X)  # R^T R = X^T X
+    RB, RA = RX, r_factor(torch.randn(2, 25, 7, generator=gen, dtype=F64))
+    core, gram = core_and_gram(RB, RA)  # CPU: BLAS trmm and syrk
+    torch.testing.assert_close(core, RB @ RA.mT)
+    torch.testing.assert_close(gram.triu(), (core.mT @ core).triu())  # upper triangle only
