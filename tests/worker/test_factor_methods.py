@@ -82,6 +82,23 @@ def test_fslora_sgd_aggregation_matches_a_hand_computation(device: str) -> None:
     torch.testing.assert_close(result.adapter[HEAD_W], head)
 
 
+@pytest.mark.parametrize("params", [{}, {"server_lr": 0.7, "weight_decay": 0.05}])
+def test_fslora_fused_sgd_step_equals_torch_optim_sgd(params: dict[str, float]) -> None:
+    """The default server step (plain SGD, fused with the scatter) against ``torch.optim.SGD``."""
+    ctx = make_ctx("fslora", BUDGETS, params={"server_optimizer": "sgd", **params})
+    strategy = make_strategy(ctx, "fslora")
+    state = strategy.init_state(ctx)
+    plans = strategy.plan(state, ctx)
+    assert any(len(a.sketch.indices["layers.0.q_proj"]) == 8 for a in plans.values())  # type: ignore[union-attr]
+    updates = fake_updates(plans)
+    fused = strategy.aggregate(state, ctx, updates)
+    reference = strategy._optimizer_step(state, ctx, updates, step=0)  # torch.optim.SGD
+    assert fused.adapter.keys() == reference.adapter.keys()
+    for key, value in reference.adapter.items():
+        torch.testing.assert_close(fused.adapter[key], value)
+    assert fused.state.meta["step"] == 1
+
+
 def test_fslora_adamw_keeps_its_state_across_rounds() -> None:
     lr, wd, (b1, b2), eps = 0.01, 0.01, (0.9, 0.999), 1e-8
     params = {"server_optimizer": "adamw", "server_lr": lr}

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from fedlora_client.protocol import LoraSpec, SketchPlan, lora_a_key, lora_b_key
+from worker.linalg import weighted_sum
 from worker.strategies.adapters import generator
 from worker.strategies.base import (
     AggregationResult,
@@ -51,7 +52,7 @@ from worker.strategies.base import (
     ServerState,
     spec_with_scaling,
 )
-from worker.strategies.common import data_weights, to_cpu
+from worker.strategies.common import data_weights, shape_groups, to_cpu
 from worker.strategies.global_lora import GlobalLoRAStrategy
 from worker.strategies.params import FSLoRAParams
 
@@ -165,16 +166,87 @@ class FSLoRA(GlobalLoRAStrategy):
             params, lr=hp.server_lr, momentum=hp.momentum, weight_decay=hp.weight_decay
         )
 
+    def sgd_step(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> dict[str, Tensor]:
+        """Plain SGD (no momentum) fused with the scatter: the default server step.
+
+        ``X - lr (g + wd X)`` with ``g = (count X - sum_i scatter(x_i)) / K`` is
+        ``X (1 - lr wd - lr count / K) + (lr / K) sum_i scatter(x_i)``: one pass over the state
+        and one over each upload, into one output buffer per shape group (a fresh buffer per
+        module costs a page fault per 4 KiB page; huge pages back only the large ones). A
+        client whose sketch is all of ``0..r-1`` is added without an index. Equal to
+        ``torch.optim.SGD`` fed with :meth:`pseudo_gradients` (tested).
+        """
+        hp, dev, K = self.params, self.device, len(updates)
+        lr, wd, r = hp.server_lr, hp.weight_decay, self.state_rank(ctx)
+        indices = {
+            u.client_id: self.sketch(ctx, ctx.participant(u.client_id), u.lora.rank).indices
+            for u in updates
+        }
+        new: dict[str, Tensor] = {}
+        for (d_out, d_in), group in shape_groups(ctx.model).items():
+            out_b = torch.empty(len(group), d_out, r, device=dev)
+            out_a = torch.empty(len(group), r, d_in, device=dev)
+            for layer, module in enumerate(group):
+                ka, kb = lora_a_key(module), lora_b_key(module)
+                # None: the sketch is all of 0..r-1 (sorted, so the identity): a plain add
+                index = [
+                    None if len(i) == r else torch.tensor(i, device=dev)
+                    for i in (indices[u.client_id][module] for u in updates)
+                ]
+                count = torch.bincount(
+                    torch.tensor([j for u in updates for j in indices[u.client_id][module]]),
+                    minlength=r,
+                ).to(dev, torch.float32)
+                coef = (1.0 - lr * wd) - (lr / K) * count
+                B, A = out_b[layer], out_a[layer]
+                torch.mul(state.tensors[kb].to(dev, torch.float32), coef, out=B)
+                torch.mul(state.tensors[ka].to(dev, torch.float32), coef.unsqueeze(1), out=A)
+                for u, idx in zip(updates, index, strict=True):
+                    b = u.tensors[kb].to(dev, torch.float32)
+                    a = u.tensors[ka].to(dev, torch.float32)
+                    if idx is None:
+                        B.add_(b, alpha=lr / K)
+                        A.add_(a, alpha=lr / K)
+                    else:
+                        B.index_add_(1, idx, b, alpha=lr / K)
+                        A.index_add_(0, idx, a, alpha=lr / K)
+                new[kb], new[ka] = B, A
+        p = data_weights(updates)
+        for key in ctx.model.extra_trainable:
+            avg = weighted_sum([u.tensors[key].to(dev) for u in updates], p).float()
+            head = state.tensors[key].to(dev, torch.float32)
+            new[key] = avg.mul_(lr).add_(head, alpha=1.0 - lr - lr * wd)
+        return new
+
     def _aggregate(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> AggregationResult:
+        step = int(state.meta.get("step", 0))
+        if self.params.server_optimizer == "sgd" and self.params.momentum == 0:
+            return self.publish(
+                ctx,
+                self.sgd_step(state, ctx, updates),
+                meta={"step": step + 1, "optimizer": "sgd"},
+                metrics={"num_updates": float(len(updates))},
+            )
+        return self._optimizer_step(state, ctx, updates, step)
+
+    def _optimizer_step(
+        self,
+        state: ServerState,
+        ctx: PlanContext,
+        updates: Sequence[ClientUpdate],
+        step: int,
+    ) -> AggregationResult:
+        """AdamW or SGD with momentum: ``torch.optim`` on the pseudo-gradients, state kept."""
         grads = self.pseudo_gradients(state, ctx, updates)
         keys = sorted(grads)
         params = [state.tensors[k].to(self.device, torch.float32).clone() for k in keys]
         for param, key in zip(params, keys, strict=True):
             param.grad = grads[key]
         opt = self._optimizer(params)
-        step = int(state.meta.get("step", 0))
         slots: tuple[str, ...] = ()
         if self.params.server_optimizer == "adamw":
             slots = ("exp_avg", "exp_avg_sq")
