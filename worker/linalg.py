@@ -32,6 +32,7 @@ from worker.strategies.errors import ShapeMismatchError
 
 __all__ = [
     "FactoredSVD",
+    "check_rank_stack",
     "core_and_gram",
     "dense_svd",
     "factored_svd",
@@ -135,9 +136,11 @@ class FactoredSVD:
         return self.U.shape[-1]
 
     def tail_ratio(self, rank: int) -> Tensor:
-        """Relative Frobenius error ``sqrt(sum_{j >= rank} S_j^2 / sum_j S_j^2)`` of truncation."""
-        if rank > self.rank:
-            raise ValueError(f"tail_ratio({rank}): only {self.rank} singular values were computed")
+        """Relative Frobenius error ``sqrt(sum_{j >= rank} S_j^2 / sum_j S_j^2)`` of truncation.
+
+        A ``rank`` beyond the computed triplets keeps all of them (0 when they are all of W's,
+        e.g. a stacked rank R below the requested rank).
+        """
         kept = (self.S[..., :rank].double() ** 2).sum(-1)
         tail = (self.energy - kept).clamp_min(0.0)
         return (tail / self.energy.clamp_min(torch.finfo(torch.float64).tiny)).sqrt()
@@ -288,7 +291,8 @@ def factored_svd(Bc: Tensor, Ac: Tensor, rank: int | None = None) -> FactoredSVD
     return FactoredSVD(U, sigma.to(dt), V.transpose(-1, -2).contiguous(), energy)
 
 
-def _check_rank_stack(tensors: Sequence[Tensor], rank: int, rank_dim: int, what: str) -> None:
+def check_rank_stack(tensors: Sequence[Tensor], rank: int, rank_dim: int, what: str) -> None:
+    """Raise :class:`ShapeMismatchError` unless the tensors fit ``rank`` along ``rank_dim``."""
     if not tensors:
         raise ShapeMismatchError(f"{what}: no tensors")
     ref = list(tensors[0].shape)
@@ -314,7 +318,7 @@ def padded_weighted_sum(
 
     Use ``rank_dim=-1`` for B factors and ``rank_dim=-2`` for A factors.
     """
-    _check_rank_stack(tensors, rank, rank_dim, "padded_weighted_sum")
+    check_rank_stack(tensors, rank, rank_dim, "padded_weighted_sum")
     if len(weights) != len(tensors):
         raise ShapeMismatchError("padded_weighted_sum: one weight per tensor")
     shape = list(tensors[0].shape)
@@ -338,7 +342,7 @@ def segment_average(
     indices no tensor covers keep their value in ``previous`` (whose shape fixes the rank).
     """
     rank = previous.shape[rank_dim]
-    _check_rank_stack([previous, *tensors], rank, rank_dim, "segment_average")
+    check_rank_stack([previous, *tensors], rank, rank_dim, "segment_average")
     total = padded_weighted_sum(tensors, weights, rank, rank_dim=rank_dim)
     cover = torch.zeros(rank, dtype=torch.float64)
     for t, w in zip(tensors, weights, strict=True):

@@ -129,6 +129,19 @@ def test_factored_svd_of_rank_deficient_and_zero_products() -> None:
     torch.testing.assert_close(zero.Vh @ zero.Vh.mT, torch.eye(5, dtype=F64))
 
 
+def test_factored_svd_when_the_stack_is_narrower_than_the_rank() -> None:
+    """Two clients of ranks 2 and 4 under a global rank 8: every component is kept, 0 tail."""
+    Bs, As = _clients(40, 30, (2, 4), seed=10)
+    Bc, Ac = stack_factors(Bs, As, [0.5, 0.5])
+    fact = factored_svd(Bc, Ac, rank=8)
+    assert fact.rank == 6
+    assert float(fact.tail_ratio(8)) == pytest.approx(0.0, abs=1e-7)
+    B, A = fact.factors(8, 1.0)
+    assert B.shape == (40, 8)
+    assert A.shape == (8, 30)
+    assert _rel(B @ A, Bc @ Ac) < 1e-12
+
+
 def test_top_eigenvectors_lapack_subset_matches_torch_eigh() -> None:
     """The CPU route (SciPy ``syevr``, k vectors) against ``torch.linalg.eigh`` (CUDA's route)."""
     gen = torch.Generator().manual_seed(8)
