@@ -32,7 +32,6 @@ from worker.strategies.errors import ShapeMismatchError
 
 __all__ = [
     "FactoredSVD",
-    "check_rank_stack",
     "core_and_gram",
     "dense_svd",
     "factored_svd",
@@ -291,8 +290,7 @@ def factored_svd(Bc: Tensor, Ac: Tensor, rank: int | None = None) -> FactoredSVD
     return FactoredSVD(U, sigma.to(dt), V.transpose(-1, -2).contiguous(), energy)
 
 
-def check_rank_stack(tensors: Sequence[Tensor], rank: int, rank_dim: int, what: str) -> None:
-    """Raise :class:`ShapeMismatchError` unless the tensors fit ``rank`` along ``rank_dim``."""
+def _check_rank_stack(tensors: Sequence[Tensor], rank: int, rank_dim: int, what: str) -> None:
     if not tensors:
         raise ShapeMismatchError(f"{what}: no tensors")
     ref = list(tensors[0].shape)
@@ -318,7 +316,7 @@ def padded_weighted_sum(
 
     Use ``rank_dim=-1`` for B factors and ``rank_dim=-2`` for A factors.
     """
-    check_rank_stack(tensors, rank, rank_dim, "padded_weighted_sum")
+    _check_rank_stack(tensors, rank, rank_dim, "padded_weighted_sum")
     if len(weights) != len(tensors):
         raise ShapeMismatchError("padded_weighted_sum: one weight per tensor")
     shape = list(tensors[0].shape)
@@ -342,7 +340,7 @@ def segment_average(
     indices no tensor covers keep their value in ``previous`` (whose shape fixes the rank).
     """
     rank = previous.shape[rank_dim]
-    check_rank_stack([previous, *tensors], rank, rank_dim, "segment_average")
+    _check_rank_stack([previous, *tensors], rank, rank_dim, "segment_average")
     total = padded_weighted_sum(tensors, weights, rank, rank_dim=rank_dim)
     cover = torch.zeros(rank, dtype=torch.float64)
     for t, w in zip(tensors, weights, strict=True):

@@ -30,10 +30,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor
-
 from fedlora_client._adapters import tail_norm
-from fedlora_client.protocol import TailPenalty
+from fedlora_client.protocol import TailPenalty, lora_a_key, lora_b_key
 from worker.linalg import frobenius_norm_product
 from worker.strategies.base import (
     AggregationResult,
@@ -74,9 +72,26 @@ class HetLoRA(GlobalLoRAStrategy):
             return {}
         return {"tail_penalty": TailPenalty(keep=keep, weight=hp.prune_lambda)}
 
-    def norm_weight(self, update: ClientUpdate, B: Tensor, A: Tensor) -> float:
-        """Raw weight ``||s_i B_i A_i||_F`` of one module (normalised per module by the sum)."""
-        return update.lora.scaling * float(frobenius_norm_product(B, A))
+    def norm_weights(
+        self, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> dict[str, list[float]]:
+        """Per module: ``w_i = ||s_i B_i A_i||_F / sum_k ||s_k B_k A_k||_F``."""
+        out: dict[str, list[float]] = {}
+        fallback = data_weights(updates)
+        for module in sorted(ctx.model.modules):
+            ka, kb = lora_a_key(module), lora_b_key(module)
+            norms = [
+                u.lora.scaling
+                * float(
+                    frobenius_norm_product(
+                        u.tensors[kb].to(self.device), u.tensors[ka].to(self.device)
+                    )
+                )
+                for u in updates
+            ]
+            total = sum(norms)
+            out[module] = [n / total for n in norms] if total > 0 else fallback
+        return out
 
     def prune(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
@@ -100,7 +115,8 @@ class HetLoRA(GlobalLoRAStrategy):
     def _aggregate(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> AggregationResult:
-        factors = zero_pad_aggregate(self, ctx, updates, self.norm_weight)
+        weights = self.norm_weights(ctx, updates)
+        factors = zero_pad_aggregate(self, ctx, updates, weights)
         heads = average_heads(ctx.model, updates, data_weights(updates))
         ranks, tails = self.prune(state, ctx, updates)
         return self.publish(
