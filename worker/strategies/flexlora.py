@@ -9,9 +9,10 @@ Round: client i gets the top-``r_i`` triplets (``r_i = min(budget, G)``):
 ``B_i = U[:, :r_i] Sigma[:r_i] / s_i`` and ``A_i = V[:, :r_i]^T`` ("put 1/s(r) back into B",
 the reference code's ``merge_rate``); the prefix of the sorted state is exactly that.
 The server forms ``W_bar = sum_i p_i s_i B_i A_i`` **factored**: it stacks
-``Bc = [p_1 s_1 B_1, ...]``, ``Ac = [A_1; ...]``, runs two thin QRs and an ``R x R`` float64 core
-SVD (§6.1), batched over layers of identical shape. No ``m x d`` matrix is formed (the dense
-route is used only when ``R >= min(m, d)``, where it costs the same).
+``Bc = [p_1 s_1 B_1, ...]``, ``Ac = [A_1; ...]``, runs two thin QRs and the top-G SVD of the
+``R x R`` float64 core (§6.1; :func:`worker.linalg.factored_svd`), over layers of identical
+shape in chunks. No ``m x d`` matrix is formed (the dense route is used only when
+``R >= min(m, d)``, where it costs the same).
 
 Project decisions:
 
