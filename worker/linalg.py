@@ -210,13 +210,22 @@ def r_factor(X: Tensor) -> Tensor:
     return out.triu_().reshape(*X.shape[:-2], R, R)
 
 
-def core_and_gram(RB: Tensor, RA: Tensor) -> tuple[Tensor, Tensor]:
+Backend = Literal["auto", "lapack", "torch"]
+"""``lapack``: SciPy's BLAS/LAPACK on CPU tensors; ``torch``: torch ops on any device (what CUDA
+uses); ``auto``: ``lapack`` on the CPU, else ``torch``. Tests run both on the CPU."""
+
+
+def _use_lapack(t: Tensor, backend: Backend) -> bool:
+    return backend == "lapack" or (backend == "auto" and t.device.type == "cpu")
+
+
+def core_and_gram(RB: Tensor, RA: Tensor, backend: Backend = "auto") -> tuple[Tensor, Tensor]:
     """``M = R_B R_A^T`` and the upper triangle of ``M^T M`` (float64, ``(..., R, R)``).
 
     On the CPU BLAS's triangular product (``trmm``) and symmetric rank-k update (``syrk``) do
     half the flops of general products (7 ms instead of 14 ms each at R = 620, one thread).
     """
-    if RB.device.type != "cpu":
+    if not _use_lapack(RB, backend):
         M = RB @ RA.transpose(-1, -2)
         return M, M.transpose(-1, -2) @ M
     rb, ra = _batches(RB).numpy(), _batches(RA).numpy()
@@ -228,7 +237,7 @@ def core_and_gram(RB: Tensor, RA: Tensor) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(core).reshape(shape), torch.from_numpy(gram).reshape(shape)
 
 
-def top_eigenvectors(G: Tensor, k: int) -> Tensor:
+def top_eigenvectors(G: Tensor, k: int, backend: Backend = "auto") -> Tensor:
     """Eigenvectors of the ``k`` largest eigenvalues of symmetric ``G (..., n, n)``, descending.
 
     Reads the upper triangle only. On the CPU LAPACK's ``syevr`` (SciPy) computes just those
@@ -237,7 +246,7 @@ def top_eigenvectors(G: Tensor, k: int) -> Tensor:
     computes all of them.
     """
     n = G.shape[-1]
-    if G.device.type != "cpu":
+    if not _use_lapack(G, backend):
         vectors: Tensor = torch.linalg.eigh(G, UPLO="U").eigenvectors
         return vectors[..., -k:].flip(-1)
     flat = _batches(G).numpy()

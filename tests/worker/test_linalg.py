@@ -142,12 +142,13 @@ def test_factored_svd_when_the_stack_is_narrower_than_the_rank() -> None:
     assert _rel(B @ A, Bc @ Ac) < 1e-12
 
 
-def test_top_eigenvectors_lapack_subset_matches_torch_eigh() -> None:
-    """The CPU route (SciPy ``syevr``, k vectors) against ``torch.linalg.eigh`` (CUDA's route)."""
+@pytest.mark.parametrize("backend", ["lapack", "torch"])
+def test_top_eigenvectors_of_both_backends(backend: str) -> None:
+    """SciPy's ``syevr`` (k vectors; the CPU route) and ``torch.linalg.eigh`` (CUDA's route)."""
     gen = torch.Generator().manual_seed(8)
     X = torch.randn(2, 40, 40, generator=gen, dtype=F64)
     G = X @ X.mT
-    got = top_eigenvectors(G, 7)
+    got = top_eigenvectors(G.triu(), 7, backend)  # reads the upper triangle
     values, vectors = torch.linalg.eigh(G)
     ref = vectors[..., -7:].flip(-1)
     assert got.shape == (2, 40, 7)
@@ -253,6 +254,7 @@ def test_r_factor_and_core_products_of_the_factored_route() -> None:
     torch.testing.assert_close(RX, RX.triu())
     torch.testing.assert_close(RX.mT @ RX, X.mT @ X)  # R^T R = X^T X
     RB, RA = RX, r_factor(torch.randn(2, 25, 7, generator=gen, dtype=F64))
-    core, gram = core_and_gram(RB, RA)  # CPU: BLAS trmm and syrk
-    torch.testing.assert_close(core, RB @ RA.mT)
-    torch.testing.assert_close(gram.triu(), (core.mT @ core).triu())  # upper triangle only
+    for backend in ("lapack", "torch"):  # BLAS trmm and syrk (CPU), torch products (CUDA)
+        core, gram = core_and_gram(RB, RA, backend)
+        torch.testing.assert_close(core, RB @ RA.mT)
+        torch.testing.assert_close(gram.triu(), (core.mT @ core).triu())  # upper triangle only
