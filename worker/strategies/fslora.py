@@ -115,6 +115,15 @@ class FSLoRA(GlobalLoRAStrategy):
             )
         return plans
 
+    def update_indices(
+        self, ctx: PlanContext, updates: Sequence[ClientUpdate]
+    ) -> dict[str, dict[str, list[int]]]:
+        """Client id -> module -> the sketch indices its update was trained on (recomputed)."""
+        return {
+            u.client_id: self.sketch(ctx, ctx.participant(u.client_id), u.lora.rank).indices
+            for u in updates
+        }
+
     def pseudo_gradients(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> dict[str, Tensor]:
@@ -128,10 +137,7 @@ class FSLoRA(GlobalLoRAStrategy):
         """
         dev, K = self.device, len(updates)
         r = self.state_rank(ctx)
-        indices = {
-            u.client_id: self.sketch(ctx, ctx.participant(u.client_id), u.lora.rank).indices
-            for u in updates
-        }
+        indices = self.update_indices(ctx, updates)
         grads: dict[str, Tensor] = {}
         for module, (d_out, d_in) in ctx.model.modules.items():
             ka, kb = lora_a_key(module), lora_b_key(module)
@@ -173,17 +179,14 @@ class FSLoRA(GlobalLoRAStrategy):
 
         ``X - lr (g + wd X)`` with ``g = (count X - sum_i scatter(x_i)) / K`` is
         ``X (1 - lr wd - lr count / K) + (lr / K) sum_i scatter(x_i)``: one pass over the state
-        and one over each upload, into one output buffer per shape group (a fresh buffer per
-        module costs a page fault per 4 KiB page; huge pages back only the large ones). A
-        client whose sketch is all of ``0..r-1`` is added without an index. Equal to
+        and one over each upload, into one output buffer per shape group (one large
+        allocation instead of one per module). A client whose sketch is all of ``0..r-1`` is
+        added without an index. Equal to
         ``torch.optim.SGD`` fed with :meth:`pseudo_gradients` (tested).
         """
         hp, dev, K = self.params, self.device, len(updates)
         lr, wd, r = hp.server_lr, hp.weight_decay, self.state_rank(ctx)
-        indices = {
-            u.client_id: self.sketch(ctx, ctx.participant(u.client_id), u.lora.rank).indices
-            for u in updates
-        }
+        indices = self.update_indices(ctx, updates)
         new: dict[str, Tensor] = {}
         for (d_out, d_in), group in shape_groups(ctx.model).items():
             out_b = torch.empty(len(group), d_out, r, device=dev)
