@@ -181,8 +181,8 @@ class FSLoRA(GlobalLoRAStrategy):
         ``X (1 - lr wd - lr count / K) + (lr / K) sum_i scatter(x_i)``: one pass over the state
         and one over each upload, into one output buffer per shape group (one large
         allocation instead of one per module). A client whose sketch is all of ``0..r-1`` is
-        added without an index. Equal to
-        ``torch.optim.SGD`` fed with :meth:`pseudo_gradients` (tested).
+        added without an index. Equal to ``torch.optim.SGD`` fed with :meth:`pseudo_gradients`
+        (tested).
         """
         hp, dev, K = self.params, self.device, len(updates)
         lr, wd, r = hp.server_lr, hp.weight_decay, self.state_rank(ctx)
