@@ -7,8 +7,6 @@ import pytest
 
 from fedlora.demo_data import dirichlet_split, generate_sentiment, read_tsv, write_tsv
 
-SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"
-
 
 def test_generation_is_seeded_balanced_and_varied() -> None:
     a = generate_sentiment(400, seed=3)
@@ -41,9 +39,7 @@ def test_tsv_round_trip_and_header_check(tmp_path: Path) -> None:
         read_tsv(tmp_path / "bad.tsv")
 
 
-def test_reads_sst2_when_present() -> None:
-    if not SST2.exists():  # the shared data sits beside the checkout in this workplace and CI
-        pytest.fail(f"SST-2 dev split not found at {SST2}")
-    rows = read_tsv(SST2, limit=50)
+def test_reads_sst2(sst2_dir: Path) -> None:
+    rows = read_tsv(sst2_dir / "dev.tsv", limit=50)
     assert len(rows) == 50
     assert {r.label for r in rows} <= {0, 1}
