@@ -26,6 +26,8 @@ class TaskStatus(StrEnum):
     UPLOADED = "uploaded"
     REPORTED = "reported"
     DROPPED = "dropped"
+    RELEASED = "released"
+    """Given back before an upload, by its client (it cannot train) or an admin, with a reason."""
 
 
 class UploadStatus(StrEnum):
@@ -82,6 +84,9 @@ class Task(IdMixin, CreatedMixin, Base):
     uploaded_at: Mapped[datetime | None]
     reported_at: Mapped[datetime | None]
     report_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    released_at: Mapped[datetime | None]
+    released_by: Mapped[str | None] = mapped_column(sa.String(16))
+    release_reason: Mapped[str | None] = mapped_column(sa.String(1024))
 
 
 class UploadSessionRow(IdMixin, CreatedMixin, Base):
