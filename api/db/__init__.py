@@ -16,6 +16,7 @@ from api.db.rounds import (
     UploadStatus,
 )
 from api.db.session import create_db_engine, engine_from_settings, make_session_factory
+from api.db.workers import WorkerHeartbeat, WorkerKind
 
 __all__ = [
     "Admin",
@@ -36,6 +37,8 @@ __all__ = [
     "Update",
     "UploadSessionRow",
     "UploadStatus",
+    "WorkerHeartbeat",
+    "WorkerKind",
     "create_db_engine",
     "engine_from_settings",
     "make_session_factory",
