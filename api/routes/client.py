@@ -15,9 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentClient, EnqueuerDep, SessionDep, SettingsDep
-from api.errors import ConflictError, NotFoundError
+from api.errors import NotFoundError
 from api.schemas.client import ClientSelf, TaskStatusPublic
-from api.services import client_tasks, identity
+from api.services import client_tasks, identity, task_release
 from fedlora_client.protocol import (
     API_PREFIX,
     CONTENT_SHA256_HEADER,
@@ -28,6 +28,7 @@ from fedlora_client.protocol import (
     MembershipReport,
     Routes,
     TaskAssignment,
+    TaskRelease,
     TaskReport,
     TrainingPlan,
 )
@@ -119,10 +120,11 @@ async def next_task(
 
 @router.get(rel(Routes.TASK))
 def get_task(task_id: uuid.UUID, client: CurrentClient, session: SessionDep) -> TaskAssignment:
-    """The assignment of a task this client holds (same lease)."""
-    task = client_tasks.client_task(session=session, client=client, task_id=task_id)
-    if task.lease_owner != client.id:
-        raise ConflictError(f"task {task_id} is {task.status}: lease it with tasks/next first")
+    """The assignment of a task this client holds (same lease): how a restarted client resumes.
+
+    409 unless the task is leased by this client (uploaded, released, dropped or re-offered).
+    """
+    task = client_tasks.leased_task(session=session, client=client, task_id=task_id)
     return client_tasks.assignment(session=session, task=task)
 
 
@@ -169,4 +171,23 @@ def report_task(
 ) -> TaskStatusPublic:
     """Evaluation metrics for a task whose update was accepted."""
     task = client_tasks.report_task(session=session, client=client, task_id=task_id, body=body)
+    return TaskStatusPublic(task_id=str(task.id), status=task.status)
+
+
+@router.post(rel(Routes.RELEASE))
+def release_task(
+    task_id: uuid.UUID,
+    body: TaskRelease,
+    client: CurrentClient,
+    session: SessionDep,
+    enqueue: EnqueuerDep,
+) -> TaskStatusPublic:
+    """Give back a task this client cannot train, with the reason the admin will see.
+
+    The round stops waiting for it at once (409 if it was already uploaded or closed).
+    """
+    task = task_release.release_task(
+        session=session, task_id=task_id, reason=body.reason, by="client", client=client,
+        enqueue=enqueue,
+    )  # fmt: skip
     return TaskStatusPublic(task_id=str(task.id), status=task.status)

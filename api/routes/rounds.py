@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from api.db import AuditLogEntry, GlobalAdapter, PrivacyLedgerEntry, Round, Task, Update
-from api.deps import CurrentAdmin, PageDep, SessionDep
+from api.deps import CurrentAdmin, EnqueuerDep, PageDep, SessionDep
 from api.schemas.common import ListPublic
 from api.schemas.rounds import (
     AuditLogPublic,
@@ -18,8 +18,10 @@ from api.schemas.rounds import (
     LedgerEntryPublic,
     RoundPublic,
     TaskPublic,
+    TaskReleaseRequest,
     UpdatePublic,
 )
+from api.services import task_release
 from api.services.adapters import peft_folder_members, stream_tar, stream_zip
 from api.services.common import get_or_404, page
 from api.services.federations import get_federation
@@ -59,6 +61,23 @@ def list_tasks(
     stmt = sa.select(Task).where(Task.round_id == round_id).order_by(Task.client_id)
     result: ListPublic[TaskPublic] = _list(session, stmt, p, TaskPublic)
     return result
+
+
+@rounds.post("/tasks/{task_id}/release")
+def release_task(
+    task_id: uuid.UUID,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    enqueue: EnqueuerDep,
+    body: TaskReleaseRequest | None = None,
+) -> TaskPublic:
+    """Release a pending or leased task (a client that is gone or stuck): its round stops
+    waiting for it and moves on with the others. 409 once the task was uploaded or closed."""
+    task = task_release.release_task(
+        session=session, task_id=task_id, reason=(body or TaskReleaseRequest()).reason,
+        by="admin", admin=admin, enqueue=enqueue,
+    )  # fmt: skip
+    return TaskPublic.model_validate(task)
 
 
 @rounds.get("/rounds/{round_id}/updates")

@@ -1,10 +1,12 @@
-"""Read-only views of rounds, tasks, updates, global adapters, the ledger and the audit log."""
+"""Views of rounds, tasks, updates, global adapters, the ledger and the audit log; a release."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import PublicModel
 
@@ -39,6 +41,24 @@ class TaskPublic(PublicModel):
     uploaded_at: datetime | None
     reported_at: datetime | None
     report_metrics: dict[str, Any]
+    released_at: datetime | None = None
+    released_by: str | None = Field(
+        default=None, description="'client' (it could not train) or 'admin'; None if not released."
+    )
+    release_reason: str | None = None
+
+
+class TaskReleaseRequest(BaseModel):
+    """An admin's release of a pending or leased task; its round stops waiting for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        default="released by an admin",
+        min_length=1,
+        max_length=1024,
+        description="Why; shown with the task.",
+    )
 
 
 class UpdatePublic(PublicModel):

@@ -75,6 +75,8 @@ class Routes:
     """HEAD -> ``Upload-Offset``; PATCH a chunk at ``Upload-Offset`` -> :class:`UploadSession`."""
     REPORT = f"{API_PREFIX}/client/tasks/{{task_id}}/report"
     """POST :class:`TaskReport` (evaluation metrics after upload; optional)."""
+    RELEASE = f"{API_PREFIX}/client/tasks/{{task_id}}/release"
+    """POST :class:`TaskRelease`: give a task back that this client cannot train, with why."""
 
 
 # --------------------------------------------------------------------------- enums
@@ -409,3 +411,15 @@ class TaskReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class TaskRelease(BaseModel):
+    """Why a task is given back before its upload; the federation admin sees the reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="What went wrong, e.g. 'DataColumnError: column 'label' not found'.",
+    )

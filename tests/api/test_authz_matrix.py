@@ -85,6 +85,8 @@ def _call(
         kwargs["json"] = {"fingerprint": FINGERPRINT}
     elif op == "client-report_task":
         kwargs["json"] = {"metrics": {}}
+    elif op == "client-release_task":
+        kwargs["json"] = {"reason": "the matrix releases it"}
     elif op == "client-report_hardware":
         kwargs["json"] = {"accelerator": "cpu", "memory_gb": 1}
     elif op == "client-create_upload":
