@@ -1,9 +1,8 @@
 // Generates the typed API client's types (src/api/schema.d.ts) from the API's OpenAPI spec.
 //
-// The spec is dumped from the app factory without starting a server:
-//   python -c "from api.main import create_app; json.dumps(create_app().openapi())"
-// using $PYTHON, else ../.venv/bin/python, else python3. A build without Python (a Node-only
-// Docker stage) can pass a spec file instead: FEDLORA_OPENAPI=/path/openapi.json npm run gen.
+// The spec is dumped from the app factory without starting a server (`python -m api.openapi`)
+// using $PYTHON, else ../.venv/bin/python, else python3. A build without Python (the Dockerfile's
+// Node stage) passes a spec file instead: FEDLORA_OPENAPI=/path/openapi.json npm run gen.
 // Both outputs (openapi.json, src/api/schema.d.ts) are build output: git-ignored, never edited.
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -23,14 +22,7 @@ function dumpSpec() {
   if (process.env.FEDLORA_OPENAPI) return readFileSync(process.env.FEDLORA_OPENAPI, "utf8");
   const venv = resolve(repo, ".venv/bin/python");
   const python = process.env.PYTHON ?? (existsSync(venv) ? venv : "python3");
-  const code = [
-    "import json, os, tempfile",
-    // Settings validation needs nothing but a data dir; keep it out of the repo.
-    "os.environ.setdefault('FEDLORA_DATA_DIR', tempfile.mkdtemp(prefix='fedlora-openapi-'))",
-    "from api.main import create_app",
-    "print(json.dumps(create_app().openapi(), indent=1))",
-  ].join("\n");
-  return execFileSync(python, ["-c", code], { cwd: repo, encoding: "utf8", maxBuffer: 64 << 20 });
+  return execFileSync(python, ["-m", "api.openapi"], { cwd: repo, encoding: "utf8", maxBuffer: 64 << 20 });
 }
 
 const spec = dumpSpec();

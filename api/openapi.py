@@ -1,0 +1,39 @@
+"""Write the API's OpenAPI document without starting a server: ``python -m api.openapi [OUT]``.
+
+The dashboard's typed client is generated from it (``frontend/scripts/gen-client.mjs``). In the
+source tree the generator runs this module itself; the Docker build runs it in a Python stage
+and hands the file to the Node stage (``FEDLORA_OPENAPI``), whose image has no Python.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from api.config import Settings
+from api.main import create_app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document of ``create_app()``; the app's data dir is a throwaway one."""
+    with tempfile.TemporaryDirectory(prefix="fedlora-openapi-") as data_dir:
+        app = create_app(Settings(data_dir=Path(data_dir)))
+        document = app.openapi()
+        app.state.engine.dispose()
+    return document
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    text = json.dumps(openapi_document(), indent=1) + "\n"
+    if args:
+        Path(args[0]).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
