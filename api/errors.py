@@ -13,7 +13,10 @@
 
 The artifact store's and upload validator's errors carry their own ``status_code``
 (``api.storage.ArtifactError`` and ``api.uploads``); :func:`install_error_handlers` maps them
-here too, so every error reaches the client as ``{"detail": ..., "code": ...}``.
+here too, so every error reaches the client as ``{"detail": ..., "code": ...}``. A request that
+fails schema validation gets 422 with ``detail`` a list of ``{loc, msg, type}``: where and what,
+never the submitted value (FastAPI's default echoes it, and request bodies carry join tokens
+and passwords).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 
@@ -85,6 +89,13 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(exc.message, exc.code), exc.status_code, headers=exc.headers)
 
 
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each bad field and the problem, without echoing the submitted input."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": problems, "code": InvalidInputError.code}, 422)
+
+
 async def _status_error(_request: Request, exc: Exception) -> JSONResponse:
     """Errors of api.storage / api.uploads: they carry ``status_code`` themselves."""
     status = int(getattr(exc, "status_code", 500))
@@ -94,6 +105,7 @@ async def _status_error(_request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     import importlib
 
     for module_name, names in (

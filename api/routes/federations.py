@@ -114,9 +114,13 @@ def cancel_federation(
     return _public(svc.cancel_federation(session=session, admin=admin, federation_id=federation_id))
 
 
-def _membership_public(row: Membership, spent: dict[uuid.UUID, float]) -> MembershipPublic:
+def _membership_public(
+    row: Membership, spent: dict[uuid.UUID, float], session: SessionDep
+) -> MembershipPublic:
     public = MembershipPublic.model_validate(row)
     public.epsilon_spent = spent.get(row.client_id, 0.0)
+    fed = svc.get_federation(session=session, federation_id=row.federation_id)
+    public.trained_rank, public.warning = svc.trained_rank(fed, row.rank_budget)
     return public
 
 
@@ -125,7 +129,7 @@ def add_membership(
     federation_id: uuid.UUID, body: MembershipCreate, session: SessionDep, admin: CurrentAdmin
 ) -> MembershipPublic:
     row = svc.add_membership(session=session, admin=admin, federation_id=federation_id, body=body)
-    return _membership_public(row, {})
+    return _membership_public(row, {}, session)
 
 
 @members.get("")
@@ -140,7 +144,7 @@ def list_memberships(
     )
     rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
     spent = svc.epsilon_spent(session=session, federation_id=federation_id)
-    return ListPublic(data=[_membership_public(r, spent) for r in rows], count=count)
+    return ListPublic(data=[_membership_public(r, spent, session) for r in rows], count=count)
 
 
 @members.patch("/{membership_id}")
@@ -159,7 +163,7 @@ def update_membership(
         body=body,
     )
     spent = svc.epsilon_spent(session=session, federation_id=federation_id)
-    return _membership_public(row, spent)
+    return _membership_public(row, spent, session)
 
 
 @members.delete("/{membership_id}", status_code=status.HTTP_204_NO_CONTENT)

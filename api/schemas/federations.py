@@ -56,6 +56,12 @@ class FederationCreate(BaseModel):
     training: LocalTraining = Field(default_factory=LocalTraining)
     dp: DPSettings
 
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_name(cls, value: object) -> object:
+        """Strategy names are case-insensitive ("FlexLoRA" is "flexlora"); stored lower-case."""
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("target_modules")
     @classmethod
     def _safe_modules(cls, value: list[str]) -> list[str]:
@@ -140,4 +146,12 @@ class MembershipPublic(PublicModel):
     fingerprint_reported_at: datetime | None
     num_examples: int | None
     epsilon_spent: float = 0.0
+    trained_rank: int = Field(
+        default=0,
+        description="The rank this member trains: its rank_budget, capped at the global rank "
+        "by every strategy but FLoRA (which trains the whole budget).",
+    )
+    warning: str | None = Field(
+        default=None, description="Set when trained_rank is below rank_budget: why, and the fix."
+    )
     created_at: datetime

@@ -251,6 +251,38 @@ def epsilon_spent(*, session: Session, federation_id: uuid.UUID) -> dict[uuid.UU
     return {cid: float(total or 0.0) for cid, total in rows}
 
 
+def highest_trained_rank(fed: Federation) -> int | None:
+    """The highest LoRA rank a member trains under ``fed``'s strategy; None: its full budget.
+
+    Every strategy plans ``min(rank budget, rank of its global state)``: the federation's
+    global rank, or FSLoRA's own ``global_rank`` parameter when set. FLoRA is the exception by
+    design: each client trains a fresh LoRA at its whole budget and the server stacks them, so
+    its budgets are not capped by the global rank.
+    """
+    if fed.strategy == "flora":
+        return None
+    if fed.strategy == "fslora":
+        return int(fed.strategy_params.get("global_rank") or fed.global_rank)
+    return fed.global_rank
+
+
+def trained_rank(fed: Federation, rank_budget: int) -> tuple[int, str | None]:
+    """(the rank a member with ``rank_budget`` trains, a warning when that is less).
+
+    A budget says what the client can afford; a budget above the global rank is accepted (a
+    federation may run below what its members could train, as the benchmark's FedAvg at the
+    smallest rank does) but never silently: the membership shows the rank it really trains.
+    """
+    cap = highest_trained_rank(fed)
+    if cap is None or rank_budget <= cap:
+        return rank_budget, None
+    return cap, (
+        f"rank_budget {rank_budget} is above the global rank {cap}: strategy {fed.strategy!r} "
+        f"trains this client at rank {cap}. Lower the budget to {cap} or raise the global rank "
+        "while the federation is a draft to use it (FLoRA alone trains budgets above it)"
+    )
+
+
 def add_membership(
     *, session: Session, admin: Admin, federation_id: uuid.UUID, body: MembershipCreate
 ) -> Membership:
