@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         description="An aggregation job's claim on a round, renewed while it runs; a job that "
         "dies is noticed (and its round enqueued again) this long after its last renewal.",
     )
+    worker_heartbeat_seconds: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=600,
+        description="How often each worker and scheduler process reports to the database; the "
+        "API counts one as gone after three intervals without a report.",
+    )
     job_soft_time_limit: int = Field(default=1800, ge=10, description="Seconds, per job.")
     job_time_limit: int = Field(default=2100, ge=10, description="Hard limit, per job.")
     aggregation_queue: str = Field(default="aggregation")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from api.config import Settings, get_settings
+from worker import heartbeat
 
 OPEN_ROUND = "fedlora.open_round"
 AGGREGATE_ROUND = "fedlora.aggregate_round"
@@ -60,3 +61,4 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
 
 app = create_celery()
+heartbeat.install()  # every worker and scheduler process reports to the database

@@ -11,6 +11,7 @@ from api.routes import (
     organizations,
     rounds,
     strategies,
+    system,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -24,6 +25,7 @@ ROUTERS: list[APIRouter] = [
     rounds.adapters,
     rounds.audit,
     strategies.router,
+    system.v1,
     client.router,
     client_uploads.router,
 ]

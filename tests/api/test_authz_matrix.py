@@ -20,7 +20,7 @@ from api.storage import ArtifactStore
 from tests.api.factories import FINGERPRINT, adapter_bytes, manifest_for
 from tests.api.world import World, build_world, open_next_round, start
 
-PUBLIC = {"system-healthz", "system-readyz", "auth-login", "client-enroll"}
+PUBLIC = {"system-healthz", "system-readyz", "system-workers_health", "auth-login", "client-enroll"}
 # A plan without a merge adapter answers 404 to its own client (only FLoRA plans have one).
 OWN_404_BY_DESIGN = {"client-download_merge_adapter"}
 NOT_AUTHORIZED = {401, 403}
