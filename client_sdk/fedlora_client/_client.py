@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from fedlora_client import protocol as p
 from fedlora_client._credentials import DEFAULT_CREDENTIALS_PATH, Credentials
 from fedlora_client._errors import (
     ArtifactIntegrityError,
+    ConfigError,
     ConflictError,
     ServerUnavailableError,
     TransportError,
@@ -30,6 +32,22 @@ from fedlora_client._http import DEFAULT_TIMEOUT, Http, RetryPolicy, transport_e
 
 CHUNK_BYTES = 4 * 1024 * 1024
 _RESYNC = (TransportError, ServerUnavailableError, ConflictError)
+
+
+def enroll_request(
+    join_token: str, name: str, hardware: p.HardwareProfile | None = None
+) -> p.EnrollRequest:
+    """The enrollment body, or a :class:`ConfigError` naming what is wrong (never the token)."""
+    try:
+        return p.EnrollRequest(
+            join_token=join_token, name=name, hardware=hardware or p.HardwareProfile()
+        )
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        if any(e["loc"][:1] == ("join_token",) for e in errors):
+            problems += " (copy the whole one-time join token the federation admin issued)"
+        raise ConfigError(f"cannot enroll: {problems}") from None
 
 
 class FedloraClient:
@@ -76,9 +94,7 @@ class FedloraClient:
         **kwargs: Any,
     ) -> FedloraClient:
         """Exchange a one-time join token for credentials, saved with mode 0600."""
-        body = p.EnrollRequest(
-            join_token=join_token, name=name, hardware=hardware or p.HardwareProfile()
-        )
+        body = enroll_request(join_token, name, hardware)
         http = Http(server_url, transport=transport, retry=retry)
         try:
             response = http.request("POST", p.Routes.ENROLL, json=body.model_dump(mode="json"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -37,19 +38,18 @@ def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False)
 
 def _friendly(action: Callable[[], T]) -> T:
     """Run ``action``; turn known errors (and CUDA OOM) into one red line and exit code 1."""
-    import torch
-
     try:
         return action()
-    except torch.OutOfMemoryError as exc:
-        if _state["debug"]:
-            raise
-        message = f"out of GPU memory ({exc}). Ask for a smaller rank, lower the batch size or "
-        message += "max_seq_len, or set model.device = 'cpu'."
     except FedloraClientError as exc:
         if _state["debug"]:
             raise
         message = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        torch = sys.modules.get("torch")  # loaded only by commands that train or read models
+        if _state["debug"] or torch is None or not isinstance(exc, torch.OutOfMemoryError):
+            raise
+        message = f"out of GPU memory ({exc}). Ask for a smaller rank, lower the batch size or "
+        message += "max_seq_len, or set model.device = 'cpu'."
     console.print(f"[bold red]error[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -71,8 +71,9 @@ def enroll(
     ),
 ) -> None:
     """Exchange a join token for this client's credentials."""
-    from fedlora_client._client import FedloraClient
+    from fedlora_client._client import FedloraClient, enroll_request
 
+    _friendly(lambda: enroll_request(token, name))  # a bad token fails before torch loads
     client = _friendly(
         lambda: FedloraClient.enroll(
             server, token, name=name, hardware=_hardware(), credentials_path=credentials
