@@ -10,7 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from api.config import Settings, get_settings
-from worker import heartbeat
+from worker import heartbeat, logs
 
 OPEN_ROUND = "fedlora.open_round"
 AGGREGATE_ROUND = "fedlora.aggregate_round"
@@ -62,3 +62,4 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
 app = create_celery()
 heartbeat.install()  # every worker and scheduler process reports to the database
+logs.install(SWEEP)  # an idle deadline sweep logs at DEBUG, not three INFO lines a run
