@@ -173,6 +173,8 @@ class Demo:
             say(f"federation started; dashboard: [link]{platform.url}/[/] "
                 f"(sign in as {ADMIN_EMAIL} / {password})")  # fmt: skip
             evaluator = Evaluator(model_path, held_out, opts.max_seq_len)
+            say(f"held-out accuracy is measured on {len(held_out)} examples; always answering "
+                f"the most common label scores {evaluator.baseline():.3f}")  # fmt: skip
             self.summary = self._watch(admin, fid, evaluator)
             self.summary.update(
                 federation_id=fid,
@@ -236,8 +238,10 @@ class Demo:
             time.sleep(0.5)
 
     def _watch(self, admin: AdminClient, fid: str, evaluator: Evaluator) -> dict[str, Any]:
+        baseline = evaluator.baseline()
         table = Table(title="rounds", show_lines=False)
-        for col in ("round", "accuracy", "train loss", "epsilon (max)", "ranks", "round s"):
+        columns = ("round", "accuracy", "majority class", "train loss", "epsilon (max)", "ranks")
+        for col in (*columns, "round s"):
             table.add_column(col, justify="right")
         by_client = {o.client_id: o for o in self.orgs}
         reported: dict[int, dict[str, Any]] = {}
@@ -252,7 +256,8 @@ class Demo:
                 )
                 reported[number] = row
                 self.console.print(
-                    f"round {number}: accuracy {row['accuracy']:.3f}  loss {row['loss']:.4f}  "
+                    f"round {number}: accuracy {row['accuracy']:.3f} (majority class "
+                    f"{baseline:.3f})  loss {row['loss']:.4f}  "
                     f"epsilon {row['epsilon']:.2f}  ranks {row['ranks']}  "
                     f"{row['round_seconds']:.1f} s (aggregation {row['aggregation_seconds']:.2f} s "
                     f"on {row['device']})"
@@ -270,7 +275,12 @@ class Demo:
         shutil.copytree(self.work / f"adapter-{last}", final)
         for number in sorted(reported):
             r = reported[number]
-            cells = [f"{r['accuracy']:.3f}", f"{r['loss']:.4f}", f"{r['epsilon']:.2f}"]
+            cells = [
+                f"{r['accuracy']:.3f}",
+                f"{baseline:.3f}",
+                f"{r['loss']:.4f}",
+                f"{r['epsilon']:.2f}",
+            ]
             table.add_row(str(number), *cells, str(r["ranks"]), f"{r['round_seconds']:.1f}")
         self.console.print(table)
         return {

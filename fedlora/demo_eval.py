@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from fedlora.demo_data import Example
 
@@ -70,9 +71,20 @@ class Evaluator:
 
     @torch.no_grad()
     def score(self, adapter_dir: Path) -> Score:
-        base = AutoModelForSequenceClassification.from_pretrained(
-            str(self.model_path), num_labels=2, local_files_only=True
-        )
+        # The base checkpoint has no classification head, so transformers logs a "classifier
+        # MISSING ... Consider training" report, and draws a progress bar, every round. The
+        # adapter carries the trained head (modules_to_save), so the report is expected: both
+        # are silenced while the base loads (errors still show; a failed load still raises).
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
+            base = AutoModelForSequenceClassification.from_pretrained(
+                str(self.model_path), num_labels=2, local_files_only=True
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
         model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
         logits = []
         for start in range(0, len(self.labels), self.batch):

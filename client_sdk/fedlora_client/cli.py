@@ -119,9 +119,11 @@ def run(
     ),
 ) -> None:
     """Participate: poll for tasks, train with DP, upload, report (Ctrl-C to stop)."""
+    from fedlora_client._logs import quiet_dp_accounting
     from fedlora_client._run import run as run_loop
 
     logging.basicConfig(level=logging.WARNING)
+    quiet_dp_accounting()
     try:
         done = _friendly(lambda: run_loop(config, on_event=_printer))
     except KeyboardInterrupt:
