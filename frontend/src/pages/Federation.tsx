@@ -5,6 +5,7 @@ import { api, call, errorMessage } from "../api/client";
 import type { components } from "../api/client";
 import { BytesChart, EpsilonChart, LossChart, RankChart, type RoundPoint } from "../components/Charts";
 import { useServerErrors } from "../components/form";
+import { WorkerBanner } from "../components/WorkerBanner";
 import { Empty, ErrorState, Loading, QueryView } from "../components/states";
 import { Field, PageHeader, Section, StatusBadge } from "../components/ui";
 import { ago, bytes, dateTime, durationBetween, num, seconds, shortId } from "../format";
@@ -418,6 +419,7 @@ export default function FederationPage({ id }: { id: string }) {
           Live updates paused: {errorMessage(fed.error)}
         </p>
       )}
+      {f.status !== "completed" && f.status !== "cancelled" && <WorkerBanner />}
       <dl className="stats">
         <div className="stat">
           <dt>Round</dt>

@@ -3,6 +3,7 @@ import { useQueries, useQuery } from "@tanstack/react-query";
 import { api, call } from "../api/client";
 import type { components } from "../api/client";
 import { Empty, QueryView } from "../components/states";
+import { WorkerBanner } from "../components/WorkerBanner";
 import { PageHeader, Section, StatusBadge } from "../components/ui";
 import { ago, dateTime } from "../format";
 
@@ -60,6 +61,7 @@ export function FederationsPage() {
           </Link>
         }
       />
+      <WorkerBanner />
       <Section title="All federations">
         <QueryView
           query={feds}
