@@ -342,15 +342,19 @@ def segment_average(
     previous: Tensor,
     *,
     rank_dim: int,
+    scales: Sequence[float] | None = None,
 ) -> Tensor:
     """Per-index weighted mean over the covering clients (PreLort segment-wise rule).
 
     Index ``j`` along ``rank_dim`` becomes ``sum_{i: r_i > j} w_i X_i[j] / sum_{i: r_i > j} w_i``;
     indices no tensor covers keep their value in ``previous`` (whose shape fixes the rank).
+    ``scales`` (one per tensor) multiply the tensors, not the weights: ``X_i`` is read as
+    ``c_i X_i`` (a factor brought to another scale) without a copy.
     """
     rank = previous.shape[rank_dim]
     _check_rank_stack([previous, *tensors], rank, rank_dim, "segment_average")
-    total = padded_weighted_sum(tensors, weights, rank, rank_dim=rank_dim)
+    scaled = weights if scales is None else [w * c for w, c in zip(weights, scales, strict=True)]
+    total = padded_weighted_sum(tensors, scaled, rank, rank_dim=rank_dim)
     cover = torch.zeros(rank, dtype=torch.float64)
     for t, w in zip(tensors, weights, strict=True):
         cover[: t.shape[rank_dim]] += float(w)

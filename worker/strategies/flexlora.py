@@ -20,6 +20,12 @@ Project decisions:
   rank-G truncation of ``W_bar``. ``metrics['truncation_rel_error']`` reports the mean over
   layers of the discarded relative Frobenius energy.
 * Rank components beyond ``rank(W_bar)`` (zero singular values) get a fresh A row with B zero.
+* Averaging products dilutes what low-rank clients did not hold: in a round where every client
+  returns its start unchanged, ``W_bar = sum_i p_i trunc_{r_i}(W)``, so each singular value
+  ``sigma_j`` of the global update shrinks by the factor ``sum_{i: r_i > j} p_i``
+  (``tests/worker/test_noop_rounds.py`` pins it). ``rank_normalization`` aggregates the
+  clients' changes instead, ``W + sum_i p_i (s_i B_i A_i - trunc_{r_i}(W))``
+  (:meth:`GlobalLoRAStrategy.change_blocks`); such a round is then a no-op.
 """
 
 from __future__ import annotations
@@ -102,8 +108,12 @@ class FlexLoRA(GlobalLoRAStrategy):
         s_g = ctx.scaling(rank)
         out: dict[str, Tensor] = {}
         errors: list[float] = []
-        stacked = [(pi * u.lora.scaling, u.tensors) for pi, u in zip(p, updates, strict=True)]
-        stacked_rank = sum(u.lora.rank for u in updates)
+        if self.params.rank_normalization:
+            stacked = self.change_blocks(state, ctx, updates, p)
+        else:
+            stacked = [(pi * u.lora.scaling, u.tensors) for pi, u in zip(p, updates, strict=True)]
+        first = lora_a_key(next(iter(ctx.model.modules)))
+        stacked_rank = sum(t[first].shape[0] for _, t in stacked)
         chunks = [
             chunk
             for shape, group in shape_groups(ctx.model).items()

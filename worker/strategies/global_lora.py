@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from fedlora_client.protocol import LoraSpec, adapter_shapes, lora_a_key, lora_b_key
@@ -79,6 +80,31 @@ class GlobalLoRAStrategy(Strategy):
         for key in ctx.model.extra_trainable:
             out[key] = state.tensors[key]
         return to_cpu(out)
+
+    def change_blocks(
+        self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate],
+        weights: Sequence[float],
+    ) -> list[tuple[float, dict[str, Tensor]]]:  # fmt: skip
+        """``(coefficient, factors)`` blocks whose stacked product is the old global update plus
+        the weighted clients' changes: ``W + sum_i w_i (s_i B_i A_i - s_g B[:, :r_i] A[:r_i])``.
+
+        Every client started from the rank-``r_i`` prefix of the state (:meth:`start_tensors`),
+        so the starts sum to ``s_g B diag(c) A`` with ``c_j = sum_{i: r_i > j} w_i``: the old
+        update enters once, as ``s_g B diag(1 - c) A``, and the stack has rank
+        ``G + sum_i r_i`` (not ``G + 2 sum_i r_i``). A round in which every client returns its
+        start gives back ``W`` exactly.
+        """
+        rank = self.state_rank(ctx)
+        cover = torch.zeros(rank, dtype=torch.float64)
+        for w, u in zip(weights, updates, strict=True):
+            cover[: u.lora.rank] += w
+        keep = (1.0 - cover).float().unsqueeze(-1)
+        old: dict[str, Tensor] = {}
+        for module in ctx.model.modules:
+            old[lora_b_key(module)] = state.tensors[lora_b_key(module)]
+            old[lora_a_key(module)] = state.tensors[lora_a_key(module)] * keep
+        clients = [(w * u.lora.scaling, u.tensors) for w, u in zip(weights, updates, strict=True)]
+        return [(ctx.scaling(rank), old), *clients]
 
     def plan_extras(
         self, state: ServerState, ctx: PlanContext, participant: Participant

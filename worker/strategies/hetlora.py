@@ -21,7 +21,9 @@ Project decisions:
   ``weight = lambda``): the SDK adds ``lambda sum_modules ||B[:, k:]||_F ||A[k:, :]||_F`` to its
   local loss, which is what pushes the tail towards zero so that the rule above fires.
 * Known biases (by design of the method): the FedIT cross-term and tail dilution (column j is
-  scaled by ``sum_{i: r_i > j} w_i < 1``).
+  scaled by ``sum_{i: r_i > j} w_i < 1``). ``rank_normalization`` divides index j by
+  ``sum_{i: r_i > j} w_i`` instead (the mean over the clients that hold it), which removes the
+  dilution.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ class HetLoRA(GlobalLoRAStrategy):
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> AggregationResult:
         weights = self.norm_weights(ctx, updates)
-        factors = zero_pad_aggregate(self, ctx, updates, weights)
+        previous = state if self.params.rank_normalization else None
+        factors = zero_pad_aggregate(self, ctx, updates, weights, previous)
         heads = average_heads(ctx.model, updates, data_weights(updates))
         ranks, tails = self.prune(state, ctx, updates)
         return self.publish(

@@ -35,10 +35,18 @@ class StrategyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_RANK_NORMALIZATION = (
+    "Rank-aware normalization: average each rank component (column j of B, row j of A) over "
+    "the clients that hold it (r_i > j), instead of zero-padding the others, which dilutes "
+    "components only high-rank clients hold by the weight of those that lack them, every round."
+)
+
+
 class FedAvgParams(StrategyParams):
     """FedIT: average A and B separately (homogeneous ranks; the baseline)."""
 
     weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
+    rank_normalization: bool = Field(default=False, description=_RANK_NORMALIZATION)
 
 
 class HetLoRAParams(StrategyParams):
@@ -59,6 +67,7 @@ class HetLoRAParams(StrategyParams):
         "(applied by clients that support it; the server-side pruning rule needs no client help).",
     )
     min_rank: int = Field(default=1, ge=1, le=4096, description="Self-pruning never goes below.")
+    rank_normalization: bool = Field(default=False, description=_RANK_NORMALIZATION)
 
 
 class FLoRAParams(StrategyParams):
@@ -75,6 +84,13 @@ class FlexLoRAParams(StrategyParams):
         default="b",
         description="Where the singular values go on redistribution: 'b' (all into B, as the "
         "paper's code does) or 'balanced' (Sigma^1/2 on each factor).",
+    )
+    rank_normalization: bool = Field(
+        default=False,
+        description="Rank-aware normalization: average the clients' changes (final product "
+        "minus the truncated start they received) and add them to the global update, instead "
+        "of averaging their products, which replaces every component beyond a client's rank "
+        "by zero for that client's share of the weight, every round.",
     )
 
 
@@ -102,7 +118,11 @@ class FSLoRAParams(StrategyParams):
         description="Server learning rate (1 with sgd; the paper's AdamW: 5e-4 or 3e-4).",
     )
     weight_decay: float = Field(
-        default=0.01, ge=0.0, le=1.0, description="Decoupled weight decay of AdamW (or SGD's L2)."
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Decoupled weight decay of AdamW (or SGD's L2); 0 by default, as in the "
+        "method (a decay shrinks the global product every round, even when nothing is learned).",
     )
     betas: tuple[float, float] = Field(
         default=(0.9, 0.999), description="AdamW (beta1, beta2); each in [0, 1)."
