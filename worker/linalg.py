@@ -1,9 +1,11 @@
-"""Numeric kernels of the aggregation engine: pure functions on tensors (METHODS.md §6).
+"""Numeric kernels of the aggregation engine: pure functions on tensors (docs/methods.md,
+"Factored SVD").
 
-Shapes follow METHODS.md §1: ``B`` is ``(..., m, r)`` and ``A`` is ``(..., r, d)``, with
-``m = d_out`` and ``d = d_in``. Every function accepts leading batch dimensions, so layers of
-identical shape are processed in one call (``torch.linalg.qr`` and ``torch.linalg.svd`` are
-batched). Shapes are checked before any arithmetic; a mismatch raises :class:`ShapeMismatchError`.
+Shapes follow docs/methods.md, "Conventions": ``B`` is ``(..., m, r)`` and ``A`` is
+``(..., r, d)``, with ``m = d_out`` and ``d = d_in``. Every function accepts leading batch
+dimensions, so layers of identical shape are processed in one call (``torch.linalg.qr`` and
+``torch.linalg.svd`` are batched). Shapes are checked before any arithmetic; a mismatch raises
+:class:`ShapeMismatchError`.
 
 Precision: inputs in half precision are promoted to float32 (float64 inputs stay float64, which
 the tests use); sums accumulate in that working dtype; the small ``R x R`` core SVD of the

@@ -5,7 +5,7 @@ receives with each task, the manifest it sends with its update, the adapter tens
 the client-facing routes. The server (``api/`` and ``worker/``) imports it from here; nothing
 here imports torch, FastAPI, SQLAlchemy or Celery, so both sides can depend on it.
 
-Conventions (see ``METHODS.md`` section 1):
+Conventions (docs/methods.md, "Conventions"):
 
 * One adapted layer has frozen ``W0`` of shape ``(d_out, d_in)``. LoRA factors are
   ``B`` of shape ``(d_out, r)`` and ``A`` of shape ``(r, d_in)``; the effective update is
