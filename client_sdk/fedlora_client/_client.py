@@ -9,6 +9,7 @@ is sent, so a dropped connection or a restarted client resumes where the server 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -25,6 +26,7 @@ from fedlora_client._errors import (
     ArtifactIntegrityError,
     ConfigError,
     ConflictError,
+    NotFoundError,
     ServerUnavailableError,
     TransportError,
 )
@@ -131,18 +133,67 @@ class FedloraClient:
         self.http.request("PUT", url, json=report.model_dump(mode="json"))
 
     def next_task(self, wait: float = 30.0) -> p.TaskAssignment | None:
-        """Long-poll up to ``wait`` seconds for a task; None when there is none."""
+        """The task this client still holds from an earlier run (see :meth:`held_task`), else
+        long-poll up to ``wait`` seconds for a new one; None when there is none.
+
+        A leased task's id is remembered under ``state_dir/tasks`` until it is uploaded or
+        released, so a restarted client resumes it instead of leaving it leased to nobody.
+        """
+        held = self.held_task()
+        if held is not None:
+            return held
         timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect, read=wait + 30.0)
         response = self.http.request(
             "GET", p.Routes.NEXT_TASK, params={"wait": wait}, timeout=timeout
         )
         if response.status_code == 204 or not response.content:
             return None
-        return p.TaskAssignment.model_validate(response.json())
+        task = p.TaskAssignment.model_validate(response.json())
+        self._remember_task(task)
+        return task
 
     def task(self, task_id: str) -> p.TaskAssignment:
+        """A task this client holds (409 :class:`ConflictError` once it is no longer leased)."""
         response = self.http.request("GET", p.Routes.TASK.format(task_id=task_id))
         return p.TaskAssignment.model_validate(response.json())
+
+    def _held_path(self, task_id: str) -> Path:
+        return self.state_dir / "tasks" / f"{task_id}.json"
+
+    def _remember_task(self, task: p.TaskAssignment) -> None:
+        path = self._held_path(task.task_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task_id": task.task_id}), encoding="utf-8")
+
+    def forget_task(self, task_id: str) -> None:
+        """Stop remembering ``task_id`` (uploaded, released or lost)."""
+        self._held_path(task_id).unlink(missing_ok=True)
+
+    def held_task(self) -> p.TaskAssignment | None:
+        """A task leased by an earlier run that the server says this client still holds.
+
+        Remembered tasks the server no longer leases to us (uploaded, released, re-offered
+        after the lease expired, or their round closed) are forgotten; a task whose update is
+        staged is left to :meth:`upload`.
+        """
+        staged = set(self.pending_uploads())
+        for path in sorted((self.state_dir / "tasks").glob("*.json")):
+            task_id = path.stem
+            if task_id in staged:
+                continue
+            try:
+                return self.task(task_id)
+            except (ConflictError, NotFoundError):
+                self.forget_task(task_id)
+        return None
+
+    def release_task(self, task_id: str, reason: str) -> None:
+        """Give a leased task back with ``reason`` (the admin sees it): the round stops
+        waiting for this client. A task already uploaded or closed is only forgotten."""
+        body = p.TaskRelease(reason=reason[:1024] or "released").model_dump(mode="json")
+        with contextlib.suppress(ConflictError, NotFoundError):  # nothing left to give back
+            self.http.request("POST", p.Routes.RELEASE.format(task_id=task_id), json=body)
+        self.forget_task(task_id)
 
     def report(self, task_id: str, metrics: dict[str, float]) -> None:
         body = p.TaskReport(metrics=metrics).model_dump(mode="json")
@@ -214,9 +265,11 @@ class FedloraClient:
         return sorted(path.stem for path in (self.state_dir / "uploads").glob("*.json"))
 
     def discard_upload(self, task_id: str) -> None:
+        """Delete the staged upload of ``task_id`` (sent, or refused) and forget the task."""
         state_path = self._upload_state_path(task_id)
         state_path.with_suffix(".safetensors").unlink(missing_ok=True)
         state_path.unlink(missing_ok=True)
+        self.forget_task(task_id)
 
     def upload(self, task_id: str, *, max_resyncs: int = 20) -> p.UploadSession:
         """Send the staged upload of ``task_id``, resuming from the server's offset."""

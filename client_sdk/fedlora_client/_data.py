@@ -142,6 +142,38 @@ def _label_ids(raw: Iterable[Any], names: list[str] | None, num_labels: int, src
     return ids
 
 
+def check_data(
+    source: DataSource,
+    task_type: TaskType | str,
+    *,
+    fields: DataFields | None = None,
+    num_labels: int = 2,
+) -> int:
+    """Check ``source`` the way training will read it, without tokenising; returns its size.
+
+    The file exists and parses, the columns ``task_type`` needs are there with a value in
+    every row, and (classification) every label is an integer in ``[0, num_labels)`` or one of
+    ``label_names``. Raises :class:`DataFileNotFoundError`, :class:`DataColumnError` or
+    :class:`DataError`, naming the file, row and setting to fix. The SDK runs this before it
+    takes a task, so a client that cannot train never holds one.
+    """
+    fields = fields or DataFields()
+    task = TaskType(task_type)
+    records, columns, src = load_records(source)
+    if not records:
+        raise DataError(f"{src}: no examples")
+    if task is TaskType.SEQ_CLS:
+        _column(records, fields.text_field, columns, src)
+        raw = _column(records, fields.label_field, columns, src)
+        _label_ids(raw, fields.label_names, num_labels, src)
+    elif fields.prompt_field in columns and fields.response_field in columns:
+        _column(records, fields.prompt_field, columns, src)
+        _column(records, fields.response_field, columns, src)
+    else:
+        _column(records, fields.text_field, columns, src)
+    return len(records)
+
+
 def encode_data(
     source: DataSource,
     task_type: TaskType | str,

@@ -179,6 +179,22 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
+def check_model_dir(path: str | Path) -> None:
+    """Check, without loading weights, that ``path`` is a model the SDK can train: its
+    ``config.json`` loads in transformers, it has safetensors weights and a tokenizer.
+    Raises :class:`ModelLoadError` naming the directory and what is missing."""
+    from transformers import AutoConfig
+
+    directory = _model_dir(path)
+    _safetensors_shards(directory)
+    try:
+        with _quiet_transformers():
+            AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"config.json in {directory} does not load: {exc}") from exc
+    load_tokenizer(directory)
+
+
 def _skeleton(directory: Path, task: TaskType, num_labels: int) -> nn.Module:
     """The model's module tree on the meta device (no weights read, no memory used)."""
     from transformers import AutoConfig

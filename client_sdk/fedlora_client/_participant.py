@@ -20,18 +20,38 @@ from fedlora_client import protocol as p
 from fedlora_client._accounting import AccountantName, LedgerEntry, PrivacyLedger
 from fedlora_client._adapters import TRAINED, adapter_tensors, build_peft_model
 from fedlora_client._client import FedloraClient
-from fedlora_client._data import DataFields, DataSource, EncodedData, encode_data
+from fedlora_client._data import (
+    DataFields,
+    DataSource,
+    EncodedData,
+    check_data,
+    encode_data,
+    load_records,
+)
 from fedlora_client._errors import (
     FingerprintMismatchError,
     NotFoundError,
     PrivacyBudgetExceededError,
     PrivacyError,
 )
-from fedlora_client._model import load_base_model, load_tokenizer, model_fingerprint
+from fedlora_client._model import (
+    check_model_dir,
+    load_base_model,
+    load_tokenizer,
+    model_fingerprint,
+)
 from fedlora_client._privacy import privatize_update, resolve_noise_multiplier, secure_generator
 from fedlora_client._training import RoundResult, evaluate, train_round
 
 log = logging.getLogger("fedlora_client")
+
+
+def _num_labels(spec: p.ModelSpec) -> int:
+    """Classes of a seq-cls federation: the first dimension of its head's weight."""
+    for key, shape in spec.extra_trainable.items():
+        if key.endswith(".weight"):
+            return int(shape[0])
+    return 2
 
 
 def num_labels_of(plan: p.TrainingPlan) -> int:
@@ -73,6 +93,7 @@ class Participant:
         self._fingerprint: str | None = None
         self._encoded: dict[tuple[str, int, bool], EncodedData] = {}
         self._server_spent: dict[str, float] = {}
+        self._ready: set[tuple[str, int] | None] = set()
 
     @property
     def fingerprint(self) -> str:
@@ -82,9 +103,37 @@ class Participant:
 
     # ------------------------------------------------------------------ membership and tasks
 
+    def check_ready(self, memberships: list[p.MembershipInfo] | None = None) -> None:
+        """Check that this participant can train, before it takes any task.
+
+        The model directory loads its config and tokenizer, and the training (and evaluation)
+        data exist with the columns and labels each federation's task needs (``memberships``;
+        none: only that the files read). Raises :class:`ModelLoadError` or a
+        :class:`DataError` that names what to fix. Each kind of task is checked once.
+        """
+        kinds: set[tuple[str, int] | None] = {
+            (m.task_type.value, _num_labels(m.model)) for m in memberships or []
+        } or {None}
+        if not kinds - self._ready:
+            return
+        if not self._ready:
+            check_model_dir(self.model_path)
+        for kind in sorted(kinds - self._ready, key=str):
+            for source in (self.data, self.eval_data):
+                if source is None:
+                    continue
+                if kind is None:
+                    load_records(source)
+                else:
+                    check_data(source, kind[0], fields=self.fields, num_labels=kind[1])
+            self._ready.add(kind)
+
     def check_memberships(self) -> list[p.MembershipInfo]:
-        """Report the local fingerprint to every federation; raise if one expects another model."""
+        """Check the model and data (:meth:`check_ready`), then report the local fingerprint to
+        every federation (which makes this client eligible for its rounds); raise if one
+        expects another model."""
         memberships = self.client.memberships()
+        self.check_ready(memberships)
         for membership in memberships:
             self._server_spent[membership.federation_id] = membership.epsilon_spent
             if membership.model.fingerprint != self.fingerprint:
@@ -94,7 +143,12 @@ class Participant:
         return memberships
 
     def next_task(self, wait: float = 30.0) -> p.TaskAssignment | None:
+        """The task this client still holds from an earlier run, else a new one (long-poll)."""
         return self.client.next_task(wait)
+
+    def release(self, task: p.TaskAssignment, reason: str) -> None:
+        """Give ``task`` back (this client cannot train it); the admin sees ``reason``."""
+        self.client.release_task(task.task_id, reason)
 
     def _artifact(self, task: p.TaskAssignment, kind: str, ref: p.ArtifactRef) -> Any:
         dest = self.client.state_dir / "artifacts" / f"{ref.sha256}.safetensors"

@@ -1,4 +1,5 @@
-"""The participation loop: resume staged uploads, poll, train with DP, upload, report, repeat."""
+"""The participation loop: check the model and data, resume staged uploads and held tasks,
+poll, train with DP, upload, report, repeat; a task this client cannot train is released."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import httpx
 from fedlora_client import protocol as p
 from fedlora_client._client import FedloraClient
 from fedlora_client._config import ClientConfig
-from fedlora_client._errors import ConflictError, NotFoundError, PrivacyBudgetExceededError
+from fedlora_client._errors import (
+    ConfigError,
+    ConflictError,
+    FedloraClientError,
+    NotFoundError,
+    PrivacyBudgetExceededError,
+)
 from fedlora_client._model import detect_hardware
 from fedlora_client._participant import Participant
 
@@ -38,11 +45,34 @@ def resume_pending(participant: Participant, on_event: Event = _quiet) -> int:
     return sent
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1024]
+
+
+def release_held(participant: Participant, exc: BaseException, on_event: Event = _quiet) -> None:
+    """Give back the task an earlier run left leased, because this client cannot train now."""
+    try:
+        task = participant.client.held_task()
+        if task is not None:
+            participant.release(task, _reason(exc))
+            on_event("released", {"task_id": task.task_id, "reason": _reason(exc)})
+    except FedloraClientError as error:  # the original error is the one to report
+        log.warning("could not release the task this client holds: %s", error)
+
+
 def run_once(
     participant: Participant, *, wait: float = 30.0, on_event: Event = _quiet
 ) -> p.UploadSession | None:
-    """Take one task if there is one: train, upload, report. None when no task came."""
-    task = participant.next_task(wait)
+    """Take one task if there is one: train, upload, report. None when no task came.
+
+    A task an earlier run left leased is resumed first. If training fails (bad data, the
+    budget, out of memory, any error before the upload is staged), the task is released at
+    once with the error as its reason, so the round does not wait for it, and the error is
+    raised.
+    """
+    task = participant.client.held_task()
+    resumed = task is not None
+    task = task or participant.next_task(wait)
     if task is None:
         on_event("idle", {"wait": wait})
         return None
@@ -55,9 +85,18 @@ def run_once(
             "strategy": plan.strategy,
             "rank": plan.lora.rank,
             "dp": plan.dp.mode.value,
+            **({"resumed": True} if resumed else {}),
         },
     )
-    result = participant.train(task)
+    try:
+        result = participant.train(task)
+    except Exception as exc:  # whatever stops training, the round must not wait for it
+        try:
+            participant.release(task, _reason(exc))
+            on_event("released", {"task_id": task.task_id, "reason": _reason(exc)})
+        except FedloraClientError as error:
+            log.warning("task %s: could not release it: %s", task.task_id, error)
+        raise
     on_event("trained", {"task_id": task.task_id, **result.metrics, **_eps(result.extra)})
     try:
         session = participant.submit(task, result)
@@ -81,8 +120,16 @@ def participate(
     stop_when_idle: bool = False,
     on_event: Event = _quiet,
 ) -> int:
-    """Loop :func:`run_once`; returns the number of updates accepted."""
-    participant.check_memberships()
+    """Loop :func:`run_once`; returns the number of updates accepted.
+
+    The model and data are checked before any task is taken (:meth:`Participant.check_ready`);
+    if they fail, a task an earlier run left leased is released with the error as its reason.
+    """
+    try:
+        participant.check_memberships()
+    except ConfigError as exc:
+        release_held(participant, exc, on_event)
+        raise
     done = resume_pending(participant, on_event)
     while max_rounds == 0 or done < max_rounds:
         try:

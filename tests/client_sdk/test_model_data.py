@@ -138,3 +138,41 @@ def test_causal_lm_masks_the_prompt(tiny_llama: Path) -> None:
     assert padded["attention_mask"].sum(1).tolist() == [len(r) for r in text.input_ids]
     assert (padded["labels"][padded["attention_mask"] == 0] == IGNORE_INDEX).all()
     assert padded["input_ids"].dtype == torch.long
+
+
+def test_check_data_finds_what_training_would_fail_on_without_tokenising(tmp_path: Path) -> None:
+    from fedlora_client._data import check_data
+
+    with pytest.raises(DataFileNotFoundError, match=r"missing\.jsonl does not exist"):
+        check_data(tmp_path / "missing.jsonl", "seq_cls")
+    (tmp_path / "d.tsv").write_text("sentence\tlabel\nhello\t1\n")
+    with pytest.raises(DataColumnError, match="column 'text' not found"):
+        check_data(tmp_path / "d.tsv", "seq_cls")
+    assert check_data(tmp_path / "d.tsv", "seq_cls", fields=DataFields(text_field="sentence")) == 1
+    with pytest.raises(DataError, match="row 2 label 3 is outside"):
+        check_data([{"text": "a", "label": 0}, {"text": "b", "label": 3}], "seq_cls", num_labels=3)
+    assert check_data([{"text": "a", "label": 2}], "seq_cls", num_labels=3) == 1
+    with pytest.raises(DataError, match="row 1 has no value in column 'response'"):
+        check_data([{"prompt": "q", "response": None}], "causal_lm")
+    with pytest.raises(DataColumnError, match="column 'text' not found"):
+        check_data([{"question": "q"}], "causal_lm")
+    with pytest.raises(DataError, match="no examples"):
+        check_data([], "causal_lm")
+
+
+def test_check_model_dir_needs_a_loadable_config_weights_and_tokenizer(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from fedlora_client._model import check_model_dir
+
+    check_model_dir(tiny_llama)
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_llama, copy)
+    for tokenizer_file in copy.glob("*token*"):
+        tokenizer_file.unlink()
+    (copy / "vocab.txt").unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match="no usable tokenizer"):
+        check_model_dir(copy)
+    (copy / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ModelLoadError, match=r"config\.json in .* does not load"):
+        check_model_dir(copy)
