@@ -1,4 +1,5 @@
-"""The ``fedlora`` command: serve the API, run a worker, list strategies, run the demo.
+"""The ``fedlora`` command: serve the API, run a worker, list strategies, run the demo, and the
+admin commands (:mod:`fedlora.admin_cli`) that run a federation through the REST API.
 
 Each command imports what it needs when it runs, so ``fedlora serve`` never loads torch.
 """
@@ -10,6 +11,7 @@ from pathlib import Path
 import typer
 
 from fedlora import __version__
+from fedlora.admin_cli import register as register_admin_commands  # torch-free
 from worker.strategies.params import RECOMMENDED_STRATEGY  # torch-free
 
 app = typer.Typer(
@@ -168,6 +170,9 @@ def demo(
         target_epsilon=epsilon or None,
     )
     Demo(options).run()
+
+
+register_admin_commands(app)  # login, org, join-token, client, federation, task, adapter
 
 
 def main() -> None:
