@@ -139,6 +139,7 @@ class Stage:
     name: str
     base: str
     workdir: str = "/"
+    user: str = "root"
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     copies: list[tuple[str | None, list[str]]] = field(default_factory=list)
@@ -212,16 +213,15 @@ def stages() -> dict[str, Stage]:
             stage = Stage(m.group(2) or f"stage{len(result)}", base)
             if base in result:  # FROM an earlier stage: it starts with what that one holds
                 parent = result[base]
-                stage.workdir, stage.env, stage.files = (
-                    parent.workdir,
-                    {**parent.env},
-                    {**parent.files},
-                )
+                stage.workdir, stage.user = parent.workdir, parent.user
+                stage.env, stage.files = {**parent.env}, {**parent.files}
             result[stage.name] = stage
             continue
         assert stage is not None, f"{op} before FROM"
         if op == "WORKDIR":
             stage.workdir = _abs(args, stage.workdir)
+        elif op == "USER":
+            stage.user = args.split(":")[0]
         elif op == "ENV":
             stage.env.update(re.findall(r"(\w+)=(\S+)", args))
         elif op == "COPY":
@@ -321,6 +321,7 @@ def test_openapi_stage_runs_on_the_image_files(tmp_path: Path) -> None:
             target = image / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ROOT / origin.removeprefix("context:"), target)
+    before = set(image.rglob("*"))
     # absolute image paths point into the sandbox; `python` is this interpreter
     sandboxed = re.sub(r"(?<![\w.])/", f"{image}/", command)
     run_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -331,6 +332,10 @@ def test_openapi_stage_runs_on_the_image_files(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (output,) = _produces(command, cwd)
+    if stage.user not in ("root", "0"):  # it can write only to /tmp (and its home) in the image
+        written = set(image.rglob("*")) - before
+        elsewhere = [p for p in written if not p.is_relative_to(image / "tmp")]
+        assert not elsewhere, f"{stage.name} runs as {stage.user} and writes {elsewhere[:3]}"
     document = json.loads((image / output.lstrip("/")).read_text())
     gen = (ROOT / "frontend" / "scripts" / "gen-client.mjs").read_text()
     form_path = re.search(r'FORM_PATH = "([^"]+)"', gen)
