@@ -6,7 +6,15 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from api.schemas.common import NameStr, PublicModel
 from fedlora_client.protocol import (
@@ -61,6 +69,19 @@ class FederationCreate(BaseModel):
     def _strategy_name(cls, value: object) -> object:
         """Strategy names are case-insensitive ("FlexLoRA" is "flexlora"); stored lower-case."""
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("model")
+    @classmethod
+    def _classification_head(cls, value: ModelSpec, info: ValidationInfo) -> ModelSpec:
+        """A seq_cls federation must share its classification head, or each client keeps its
+        own randomly initialised one and the global adapter never classifies."""
+        if info.data.get("task_type") is TaskType.SEQ_CLS and not value.extra_trainable:
+            raise ValueError(
+                "a seq_cls federation needs the classification head in model.extra_trainable, "
+                "or the head is never shared: run `fedlora-client inspect <model dir> --task "
+                "seq_cls --num-labels <classes> --target <module>` and paste its whole output"
+            )
+        return value
 
     @field_validator("target_modules")
     @classmethod

@@ -24,6 +24,9 @@ from fedlora_client.protocol import (
 FINGERPRINT = "ab" * 32
 MODULES = {"encoder.layer.0.query": (8, 6), "encoder.layer.0.value": (8, 6)}
 SPEC = ModelSpec(fingerprint=FINGERPRINT, modules=MODULES)
+HEAD = {"base_model.model.classifier.weight": [2, 8], "base_model.model.classifier.bias": [2]}
+FEDERATION_SPEC = ModelSpec(fingerprint=FINGERPRINT, modules=MODULES, extra_trainable=HEAD)
+"""What `fedlora-client inspect --task seq_cls` prints: a seq_cls federation needs the head."""
 
 
 def federation_body(name: str = "fed", **overrides: Any) -> dict[str, Any]:
@@ -31,7 +34,7 @@ def federation_body(name: str = "fed", **overrides: Any) -> dict[str, Any]:
         "name": name,
         "base_model_id": "tiny/bert",
         "task_type": "seq_cls",
-        "model": SPEC.model_dump(mode="json"),
+        "model": FEDERATION_SPEC.model_dump(mode="json"),
         "target_modules": ["query", "value"],
         "strategy": "fedavg",
         "strategy_params": {},

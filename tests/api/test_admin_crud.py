@@ -16,7 +16,7 @@ from api.errors import AuthenticationError
 from api.services import identity
 from fedlora_client.protocol import EnrollRequest
 from tests.api.conftest import ADMIN_EMAIL
-from tests.api.factories import federation_body
+from tests.api.factories import SPEC, federation_body
 from tests.api.world import build_world, enroll, make_org
 from worker.strategies.params import RECOMMENDED_STRATEGY
 
@@ -115,6 +115,27 @@ def test_federation_validation_messages_say_what_to_fix(
     r = api.post(f"{V1}/federations", json=federation_body(**override), headers=admin_headers)
     assert r.status_code == 422, r.text
     assert message in r.text
+
+
+def test_a_seq_cls_federation_without_its_head_is_refused_with_the_fix(
+    api: TestClient, admin_headers: dict[str, str]
+) -> None:
+    """Without the head in extra_trainable it would never be shared: every client would keep
+    its own random classifier. The 422 names the field and the inspect command that fixes it."""
+    headless = SPEC.model_dump(mode="json")
+    assert headless["extra_trainable"] == {}
+    body = federation_body(task_type="seq_cls", model=headless)
+    r = api.post(f"{V1}/federations", json=body, headers=admin_headers)
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["detail"]
+    assert problem["loc"] == ["body", "model"]
+    assert "needs the classification head in model.extra_trainable" in problem["msg"]
+    assert "fedlora-client inspect <model dir> --task seq_cls" in problem["msg"]
+    # a causal LM has no head to share; a seq_cls spec with its head is accepted
+    lm = federation_body(name="lm", task_type="causal_lm", model=headless)
+    assert api.post(f"{V1}/federations", json=lm, headers=admin_headers).status_code == 201
+    cls = federation_body(name="cls", task_type="seq_cls")
+    assert api.post(f"{V1}/federations", json=cls, headers=admin_headers).status_code == 201
 
 
 def test_federation_lifecycle_and_draft_only_fields(

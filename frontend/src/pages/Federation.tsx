@@ -396,9 +396,14 @@ export default function FederationPage({ id }: { id: string }) {
   if (fed.error && !fed.data) return <ErrorState error={fed.error} retry={() => void fed.refetch()} />;
   const f = fed.data!;
   const rs = rounds.data?.data ?? [];
-  const completed = rs.filter((r) => r.state === "completed").length;
-  const current = rs.length ? Math.max(...rs.map((r) => r.number)) : null;
-  const budget = typeof f.dp?.epsilon_budget === "number" ? f.dp.epsilon_budget : null;
+  // A failed round is replaced by a new one, so round numbers can pass num_rounds: count
+  // completed rounds against num_rounds and show failed ones on their own.
+  const training = rs;
+  const completed = training.filter((r) => r.state === "completed").length;
+  const failed = training.filter((r) => r.state === "failed").length;
+  const inProgress = training.find((r) => r.state === "open" || r.state === "aggregating");
+  const dpOff = f.dp?.mode === "none";
+  const budget = !dpOff && typeof f.dp?.epsilon_budget === "number" ? f.dp.epsilon_budget : null;
 
   return (
     <>
@@ -422,14 +427,14 @@ export default function FederationPage({ id }: { id: string }) {
       {f.status !== "completed" && f.status !== "cancelled" && <WorkerBanner />}
       <dl className="stats">
         <div className="stat">
-          <dt>Round</dt>
+          <dt>Completed rounds</dt>
           <dd>
-            {current ?? "—"} / {f.num_rounds}
+            {completed} / {f.num_rounds}
           </dd>
         </div>
         <div className="stat">
-          <dt>Completed rounds</dt>
-          <dd>{completed}</dd>
+          <dt>{failed ? "Failed rounds" : "Round in progress"}</dt>
+          <dd>{failed ? `${failed} (retried)` : inProgress ? `round ${inProgress.number}` : "—"}</dd>
         </div>
         <div className="stat">
           <dt>Members</dt>
@@ -445,7 +450,7 @@ export default function FederationPage({ id }: { id: string }) {
         </div>
         <div className="stat">
           <dt>Epsilon budget</dt>
-          <dd>{budget ?? "—"}</dd>
+          <dd>{dpOff ? "DP off" : (budget ?? "—")}</dd>
         </div>
       </dl>
 
@@ -456,9 +461,16 @@ export default function FederationPage({ id }: { id: string }) {
           </QueryView>
         </Section>
         <Section title="Privacy budget">
-          <QueryView query={members} label="members">
-            {() => <EpsilonChart data={charts.epsilon} budget={budget} />}
-          </QueryView>
+          {dpOff ? (
+            <Empty title="DP off">
+              This federation trains without differential privacy: updates carry no privacy guarantee and no epsilon is
+              spent.
+            </Empty>
+          ) : (
+            <QueryView query={members} label="members">
+              {() => <EpsilonChart data={charts.epsilon} budget={budget} />}
+            </QueryView>
+          )}
         </Section>
         <Section title="Rank budgets">
           <QueryView query={members} label="members">
@@ -515,8 +527,14 @@ export default function FederationPage({ id }: { id: string }) {
                         <RankBudget federationId={id} membership={m} name={nameOf(m.client_id)} />
                       </td>
                       <td className="num">
-                        {num(m.epsilon_spent)}
-                        {budget != null && <span className="muted"> / {budget}</span>}
+                        {dpOff ? (
+                          <span className="muted">DP off</span>
+                        ) : (
+                          <>
+                            {num(m.epsilon_spent)}
+                            {budget != null && <span className="muted"> / {budget}</span>}
+                          </>
+                        )}
                       </td>
                       <td>
                         {m.fingerprint == null ? (

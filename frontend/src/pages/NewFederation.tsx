@@ -42,6 +42,50 @@ function paramsOf(strategies: Strategy[] | undefined, name: string): { schema: J
   return { schema, schemas: { ...schemas, ...(schema.$defs ?? {}) } };
 }
 
+/**
+ * The form's starting values: the schema's defaults, plus a target epsilon, so the default
+ * sample-level DP is complete as it stands (the server needs exactly one of noise_multiplier
+ * and target_epsilon, and has a default for neither).
+ */
+const DEFAULT_TARGET_EPSILON = "8";
+function startValues(): Values {
+  const v = initialValues(root, schemas);
+  if (!v["dp.noise_multiplier"] && !v["dp.target_epsilon"]) v["dp.target_epsilon"] = DEFAULT_TARGET_EPSILON;
+  return v;
+}
+
+/** Filling one of the two ways to set the DP noise empties the other. */
+const EXCLUSIVE: Record<string, string> = {
+  "dp.noise_multiplier": "dp.target_epsilon",
+  "dp.target_epsilon": "dp.noise_multiplier",
+};
+
+/**
+ * `fedlora-client inspect` prints the whole model spec ({fingerprint, modules,
+ * extra_trainable}); pasted into any of the model's fields, it fills all of them (and the
+ * task type and target modules, when the output names them). Null for anything else.
+ */
+function inspectOutput(text: string): Values | null {
+  if (!text.trim().startsWith("{")) return null;
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!doc || typeof doc !== "object" || Array.isArray(doc)) return null;
+  const spec = doc as Record<string, unknown>;
+  if (typeof spec.modules !== "object" || !spec.modules || !("fingerprint" in spec || "extra_trainable" in spec)) return null;
+  const out: Values = {
+    "model.modules": JSON.stringify(spec.modules, null, 2),
+    "model.extra_trainable": JSON.stringify(spec.extra_trainable ?? {}, null, 2),
+  };
+  if (typeof spec.fingerprint === "string") out["model.fingerprint"] = spec.fingerprint;
+  if (typeof spec.task_type === "string") out.task_type = spec.task_type;
+  if (Array.isArray(spec.target_modules)) out.target_modules = spec.target_modules.join(", ");
+  return out;
+}
+
 function withParams(v: Values, strategies: Strategy[] | undefined, name: string): Values {
   const rest = Object.fromEntries(Object.entries(v).filter(([k]) => !k.startsWith("strategy_params.")));
   const p = paramsOf(strategies, name);
@@ -57,7 +101,7 @@ export default function NewFederationPage() {
     staleTime: Infinity,
   });
   const names = strategies.data?.map((x) => x.name) ?? namesFromSchema(rootProps.strategy);
-  const [values, setValues] = useState<Values>(() => initialValues(root, schemas));
+  const [values, setValues] = useState<Values>(startValues);
   // Preselect the platform's recommended strategy (the quality benchmark's best method).
   const recommended = strategies.data?.find((x) => x.recommended)?.name;
   const strategy = values.strategy || recommended || (names[0] ?? "");
@@ -85,7 +129,13 @@ export default function NewFederationPage() {
   });
 
   function onChange(path: string, value: string) {
-    setValues((v) => (path === "strategy" ? withParams(v, strategies.data, value) : { ...v, [path]: value }));
+    const pasted = path.startsWith("model.") ? inspectOutput(value) : null;
+    setValues((v) => {
+      if (path === "strategy") return withParams(v, strategies.data, value);
+      if (pasted) return { ...v, ...pasted };
+      const other = EXCLUSIVE[path];
+      return other && value.trim() ? { ...v, [path]: value, [other]: "" } : { ...v, [path]: value };
+    });
   }
 
   function submit(e: FormEvent) {
