@@ -1,6 +1,7 @@
 """SQLAlchemy 2.0 models (Mapped[...]) and the session factory. Importing registers every table."""
 
 from api.db.base import Base, utcnow
+from api.db.evaluations import AdapterEvaluation
 from api.db.federation import Federation, FederationStatus, Membership
 from api.db.identity import Admin, Client, JoinToken, Organization
 from api.db.rounds import (
@@ -8,6 +9,7 @@ from api.db.rounds import (
     GlobalAdapter,
     PrivacyLedgerEntry,
     Round,
+    RoundKind,
     RoundState,
     Task,
     TaskStatus,
@@ -19,6 +21,7 @@ from api.db.session import create_db_engine, engine_from_settings, make_session_
 from api.db.workers import WorkerHeartbeat, WorkerKind
 
 __all__ = [
+    "AdapterEvaluation",
     "Admin",
     "AuditLogEntry",
     "Base",
@@ -31,6 +34,7 @@ __all__ = [
     "Organization",
     "PrivacyLedgerEntry",
     "Round",
+    "RoundKind",
     "RoundState",
     "Task",
     "TaskStatus",

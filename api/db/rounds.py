@@ -20,6 +20,12 @@ class RoundState(StrEnum):
     FAILED = "failed"
 
 
+class RoundKind(StrEnum):
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+    """The pass after the last training round: members evaluate the final global adapter."""
+
+
 class TaskStatus(StrEnum):
     PENDING = "pending"
     LEASED = "leased"
@@ -43,6 +49,9 @@ class Round(IdMixin, Base):
         sa.ForeignKey("federations.id", ondelete="CASCADE"), index=True
     )
     number: Mapped[int]
+    kind: Mapped[str] = mapped_column(
+        sa.String(16), default=RoundKind.TRAINING, server_default=RoundKind.TRAINING.value
+    )
     state: Mapped[str] = mapped_column(sa.String(16), default=RoundState.OPEN)
     min_updates: Mapped[int]
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
