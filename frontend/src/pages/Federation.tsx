@@ -220,6 +220,62 @@ function ActiveToggle({ federationId, membership, name }: { federationId: string
   );
 }
 
+const RELEASABLE = new Set(["pending", "leased"]);
+
+/** Give back a task its client will not finish (gone, stuck): the round stops waiting for it. */
+function ReleaseTask({ task, name, round }: { task: Task; name: string; round: number }) {
+  const qc = useQueryClient();
+  const [open, setOpen] = useState(false);
+  const [reason, setReason] = useState("");
+  const label = `Release ${name}'s task in round ${round}`;
+  const release = useMutation({
+    mutationFn: () =>
+      call(
+        api.POST("/api/v1/tasks/{task_id}/release", {
+          params: { path: { task_id: task.id } },
+          body: { reason: reason.trim() || "released by an admin" },
+        }),
+      ),
+    onSuccess: () => {
+      setOpen(false);
+      void qc.invalidateQueries({ queryKey: ["round", task.round_id] });
+      void qc.invalidateQueries({ queryKey: ["federation", task.federation_id] });
+    },
+  });
+  if (!open)
+    return (
+      <button type="button" className="btn btn-small" aria-label={label} title="The round stops waiting for this task" onClick={() => setOpen(true)}>
+        Release
+      </button>
+    );
+  return (
+    <form
+      className="inline-form"
+      aria-label={label}
+      style={{ margin: "0.3rem 0" }}
+      onSubmit={(e) => {
+        e.preventDefault();
+        release.mutate();
+      }}
+    >
+      <Field label="Reason" help="Shown with the task; the round goes on with the others.">
+        {(p) => <input {...p} value={reason} placeholder="released by an admin" onChange={(e) => setReason(e.target.value)} autoFocus />}
+      </Field>
+      <button type="submit" className="btn btn-danger btn-small" disabled={release.isPending}>
+        Release task
+      </button>
+      <button type="button" className="btn btn-small" onClick={() => setOpen(false)}>
+        Keep it
+      </button>
+      {release.error && (
+        <p className="field-error" role="alert" style={{ flexBasis: "100%" }}>
+          {errorMessage(release.error)}
+        </p>
+      )}
+    </form>
+  );
+}
+
 function Timeline({
   rounds,
   tasks,
@@ -239,7 +295,8 @@ function Timeline({
         .map((r) => {
           const ts = byRound.get(r.id) ?? [];
           const done = new Set(["uploaded", "reported"]);
-          const stragglers = r.state === "open" ? [] : ts.filter((t) => !done.has(t.status));
+          // a released task is no straggler: the line below says who released it and why
+          const stragglers = r.state === "open" ? [] : ts.filter((t) => !done.has(t.status) && t.status !== "released");
           const roundTime = durationBetween(r.opened_at, r.aggregating_at ?? r.failed_at ?? (r.state === "open" ? new Date().toISOString() : null));
           const aggTime = r.job_duration_seconds ?? durationBetween(r.aggregating_at, r.completed_at);
           return (
@@ -263,8 +320,13 @@ function Timeline({
               {ts.length > 0 && (
                 <div style={{ marginTop: "0.4rem" }}>
                   {ts.map((t) => (
-                    <span key={t.id} className="chip" title={t.status}>
-                      {names.get(t.client_id) ?? shortId(t.client_id)} · r={planRank(t.plan) ?? "?"} · {t.status}
+                    <span key={t.id}>
+                      <span className="chip" title={t.release_reason ?? t.status}>
+                        {names.get(t.client_id) ?? shortId(t.client_id)} · r={planRank(t.plan) ?? "?"} · {t.status}
+                      </span>
+                      {r.state === "open" && RELEASABLE.has(t.status) && (
+                        <ReleaseTask task={t} name={names.get(t.client_id) ?? shortId(t.client_id)} round={r.number} />
+                      )}
                     </span>
                   ))}
                   {stragglers.length > 0 && (
@@ -272,6 +334,14 @@ function Timeline({
                   )}
                 </div>
               )}
+              {ts
+                .filter((t) => t.status === "released")
+                .map((t) => (
+                  <p key={t.id} className="muted" style={{ margin: "0.2rem 0 0" }}>
+                    {names.get(t.client_id) ?? shortId(t.client_id)}'s task released by {t.released_by ?? "?"}
+                    {t.released_at ? ` ${ago(t.released_at)}` : ""}: {t.release_reason}
+                  </p>
+                ))}
             </li>
           );
         })}
