@@ -41,7 +41,7 @@ from fedlora_client._model import (
     model_fingerprint,
 )
 from fedlora_client._privacy import privatize_update, resolve_noise_multiplier, secure_generator
-from fedlora_client._training import RoundResult, evaluate, train_round
+from fedlora_client._training import RoundResult, evaluate, num_labels_of, train_round
 
 log = logging.getLogger("fedlora_client")
 
@@ -49,14 +49,6 @@ log = logging.getLogger("fedlora_client")
 def _num_labels(spec: p.ModelSpec) -> int:
     """Classes of a seq-cls federation: the first dimension of its head's weight."""
     for key, shape in spec.extra_trainable.items():
-        if key.endswith(".weight"):
-            return int(shape[0])
-    return 2
-
-
-def num_labels_of(plan: p.TrainingPlan) -> int:
-    """Classes of a seq-cls plan: the first dimension of the head's weight."""
-    for key, shape in plan.model.extra_trainable.items():
         if key.endswith(".weight"):
             return int(shape[0])
     return 2

@@ -151,9 +151,13 @@ def _gs(p: torch.nn.Parameter) -> torch.Tensor:
 class DPSGD:
     """Turns Opacus per-example gradients into DP-SGD gradients for the released parameters.
 
-    Call after ``sum(per_example_losses).backward()`` on a ``GradSampleModule``: released
-    parameters get ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2)) / expected_batch``; other
-    trainable parameters (SDFLoRA's private module) get their plain mean gradient.
+    After each forward/backward pass of ``sum(per_example_losses)`` on a ``GradSampleModule``
+    (one pass per micro-batch of a step's logical batch), :meth:`accumulate` clips every
+    example's gradient (jointly over the released parameters) to ``C`` and adds it to a
+    running sum. :meth:`apply` then sets released parameters' ``.grad`` to
+    ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2)) / expected_batch``: one Gaussian draw per
+    logical batch, however it was split. Other trainable parameters (SDFLoRA's private module)
+    get their plain mean gradient over the logical batch.
     """
 
     def __init__(
@@ -174,24 +178,34 @@ class DPSGD:
         self.noise_multiplier = noise_multiplier
         self.expected_batch_size = expected_batch_size
         self.generator = generator
+        self._sums: list[torch.Tensor] | None = None
 
     def per_example_norms(self) -> torch.Tensor:
         squares = [_gs(p).reshape(_gs(p).shape[0], -1).double().pow(2).sum(1)
                    for p in self.released]  # fmt: skip
         return torch.stack(squares).sum(0).sqrt()
 
+    def accumulate(self) -> None:
+        """Add the current pass's clipped per-example gradients to the step's sum."""
+        if getattr(self.released[0], "grad_sample", None) is None:
+            return
+        norms = self.per_example_norms()
+        factors = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+        if self._sums is None:
+            self._sums = [torch.zeros(p.shape, dtype=torch.float64) for p in self.released]
+        for total, p in zip(self._sums, self.released, strict=True):
+            total += torch.einsum("b,b...->...", factors, _gs(p).double().cpu())
+        for p in self.released:
+            p.grad_sample = None  # type: ignore[attr-defined]
+
     def apply(self, batch_size: int) -> None:
         """Replace ``.grad`` as described above and drop the per-example gradients."""
-        factors = None
         if batch_size > 0:
-            norms = self.per_example_norms()
-            factors = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+            self.accumulate()
+        sums = self._sums or [torch.zeros(p.shape, dtype=torch.float64) for p in self.released]
+        self._sums = None
         std = self.noise_multiplier * self.clip_norm
-        for p in self.released:
-            summed = torch.zeros(p.shape, dtype=torch.float64)
-            if factors is not None:
-                gs = _gs(p).double().cpu()
-                summed = torch.einsum("b,b...->...", factors, gs)
+        for p, summed in zip(self.released, sums, strict=True):
             noise = torch.randn(p.shape, generator=self.generator, dtype=torch.float64) * std
             p.grad = ((summed + noise) / self.expected_batch_size).to(p.dtype).to(p.device)
         for p in self.others:

@@ -55,12 +55,23 @@ class RoundResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def per_example_loss(model: Any, batch: dict[str, torch.Tensor], task: TaskType) -> torch.Tensor:
-    """Loss of each example of ``batch`` (shape ``(B,)``); causal LM: mean over its tokens."""
+def per_example_loss(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    task: TaskType,
+    logit_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Loss of each example of ``batch`` (shape ``(B,)``); causal LM: mean over its tokens.
+
+    ``logit_bias`` (classification): added to the logits before the cross-entropy (logit
+    adjustment by the log label prior).
+    """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     logits = out.logits.float()
     labels = batch["labels"]
     if task is TaskType.SEQ_CLS:
+        if logit_bias is not None:
+            logits = logits + logit_bias.to(logits.device)
         return functional.cross_entropy(logits, labels, reduction="none")
     shifted = labels[:, 1:]
     tokens = functional.cross_entropy(
@@ -70,20 +81,50 @@ def per_example_loss(model: Any, batch: dict[str, torch.Tensor], task: TaskType)
     return tokens.sum(1) / counts
 
 
-def _fixed_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
+def log_label_prior(data: EncodedData, num_labels: int) -> torch.Tensor:
+    """``log((n_c + 1) / (N + C))`` from the local label counts (add-one smoothing)."""
+    counts = torch.bincount(torch.tensor(data.targets, dtype=torch.long), minlength=num_labels)
+    counts = counts[:num_labels].double() + 1.0
+    return (counts / counts.sum()).log().float()
+
+
+def _fixed_batches(
+    n: int, size: int, rng: random.Random, lengths: list[int] | None = None, group: int = 1
+) -> Iterator[list[int]]:
+    """Batches of ``size`` from a reshuffled stream of ``0..n-1`` (every example once per pass).
+
+    With ``lengths`` and ``group > 1``, every ``group`` consecutive batches are regrouped by
+    length (the same examples, sorted, cut into batches, in random order): less padding, the
+    same examples per round (Hugging Face's ``group_by_length`` idea).
+    """
     order: list[int] = []
     while True:
-        if len(order) < size:
+        need = size * group
+        while len(order) < need:
             extra = list(range(n))
             rng.shuffle(extra)
             order.extend(extra)
-        yield order[:size]
-        del order[:size]
+        chunk, order = order[:need], order[need:]
+        if lengths is not None and group > 1:
+            chunk.sort(key=lambda i: lengths[i])
+        batches = [chunk[i : i + size] for i in range(0, need, size)]
+        if group > 1:
+            rng.shuffle(batches)
+        yield from batches
 
 
 def _poisson_batches(n: int, rate: float, generator: torch.Generator) -> Iterator[list[int]]:
     while True:
         yield torch.nonzero(torch.rand(n, generator=generator) < rate).flatten().tolist()
+
+
+def micro_batches(indices: list[int], lengths: list[int], size: int | None) -> list[list[int]]:
+    """``indices`` cut into passes of at most ``size`` examples, sorted by length (less
+    padding); one pass when ``size`` is None or covers them all."""
+    if size is None or len(indices) <= size:
+        return [indices] if indices else []
+    ordered = sorted(indices, key=lambda i: lengths[i])
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def _optimizer(params: list[torch.nn.Parameter], plan: TrainingPlan) -> torch.optim.Optimizer:
@@ -107,6 +148,14 @@ def _progress(enabled: bool, total: int) -> Any:
     return progress, progress.add_task("train", total=total, loss="-")
 
 
+def num_labels_of(plan: TrainingPlan) -> int:
+    """Classes of a seq-cls plan: the first dimension of the head's weight."""
+    for key, shape in plan.model.extra_trainable.items():
+        if key.endswith(".weight"):
+            return int(shape[0])
+    return 2
+
+
 def train_round(
     model: Any,
     plan: TrainingPlan,
@@ -117,7 +166,8 @@ def train_round(
     accountant: str = "rdp",
 ) -> RoundResult:
     """Train ``model`` (built for ``plan``) on ``data`` and return the privatized upload."""
-    n, steps, bs = len(data), plan.training.steps, plan.training.batch_size
+    t = plan.training
+    n, steps, bs = len(data), t.steps, t.batch_size
     rate = min(1.0, bs / n)
     dp = plan.dp
     sigma = resolve_noise_multiplier(dp, sampling_rate=rate, steps=steps, accountant=accountant)  # type: ignore[arg-type]
@@ -126,11 +176,16 @@ def train_round(
     private = adapter_parameters(model, PRIVATE) if plan.private is not None else {}
     start = adapter_tensors(model, TRAINED) if dp.mode is DPMode.CLIENT else {}
     trainable = [*released.values(), *private.values()]
+    anchors = [p.detach().clone() for p in trainable] if t.proximal_mu > 0 else []
     optimizer = _optimizer(trainable, plan)
     device = next(iter(released.values())).device
     rng = random.Random(plan.seed)
     nested = NestedTruncation(model, plan.lora.rank) if plan.nested_truncations else None
     penalty = plan.tail_penalty
+    lengths = [len(row) for row in data.input_ids]
+    logit_bias = None
+    if data.task_type is TaskType.SEQ_CLS and t.label_balance == "logit_adjustment":
+        logit_bias = log_label_prior(data, num_labels_of(plan))
     sample_dp = dp.mode is DPMode.SAMPLE
     if sample_dp and plan.private is not None:
         log.warning(
@@ -153,7 +208,7 @@ def train_round(
         )
         batches = _poisson_batches(n, rate, generator)
     else:
-        batches = _fixed_batches(n, bs, rng)
+        batches = _fixed_batches(n, bs, rng, lengths, group=steps)
     model.train()
     losses: list[float] = []
     tails: list[float] = []
@@ -165,14 +220,25 @@ def train_round(
                 if nested is not None:
                     nested.set_level(rng.choice(plan.nested_truncations))
                 indices = next(batches)
+                total = 0.0
+                for part in micro_batches(indices, lengths, t.physical_batch_size):
+                    batch = {k: v.to(device) for k, v in data.batch(part).items()}
+                    loss = per_example_loss(forward_model, batch, data.task_type, logit_bias)
+                    total += float(loss.detach().sum())
+                    # DP-SGD sums (and clips) per example; otherwise the batch mean, in parts
+                    backward_quietly(loss.sum() if sample_dp else loss.sum() / len(indices))
+                    if dpsgd is not None:
+                        dpsgd.accumulate()
                 if indices:
-                    batch = {k: v.to(device) for k, v in data.batch(indices).items()}
-                    loss = per_example_loss(forward_model, batch, data.task_type)
-                    losses.append(float(loss.detach().mean()))
+                    losses.append(total / len(indices))
                     seen += len(indices)
-                    backward_quietly(loss.sum() if sample_dp else loss.mean())
                 if dpsgd is not None:
                     dpsgd.apply(len(indices))
+                for param, anchor in zip(trainable, anchors, strict=False):
+                    # FedProx: the gradient of mu/2 ||w - w_start||^2 (data-independent)
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                    param.grad.add_(param.detach() - anchor, alpha=t.proximal_mu)
                 if penalty is not None:
                     # data-independent, so added after the DP noise: the guarantee is unchanged
                     reg = penalty.weight * tail_norm(released, plan.model.modules, penalty.keep)
@@ -184,7 +250,8 @@ def train_round(
     except torch.OutOfMemoryError as exc:
         raise TrainingOutOfMemoryError(
             f"out of accelerator memory at rank {plan.lora.rank}, batch {bs}: ask for a smaller "
-            "rank, lower training.batch_size or max_seq_len, or train on CPU"
+            "rank, lower training.batch_size (or set training.physical_batch_size) or "
+            "max_seq_len, or train on CPU"
         ) from exc
     finally:
         if nested is not None:

@@ -192,6 +192,10 @@ class ArtifactRef(BaseModel):
     lora: LoraSpec = Field(description="The rank and scaling the file's factors are stored at.")
 
 
+COSINE_FLOOR = 0.1
+"""The cosine schedule's last-round rate, as a fraction of ``LocalTraining.learning_rate``."""
+
+
 class LocalTraining(BaseModel):
     """Local optimisation settings, identical for every client of a federation."""
 
@@ -212,6 +216,52 @@ class LocalTraining(BaseModel):
     )
     use_rslora: bool = Field(default=False, description="rsLoRA scaling alpha / sqrt(r).")
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    physical_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Examples per forward/backward pass: a step's (logical) batch is split "
+        "into micro-batches of at most this many examples, grouped by length, and their "
+        "gradients are summed, so the step is the same as one pass over the whole batch. "
+        "Empty: the whole batch in one pass (lower it when the batch does not fit in memory).",
+    )
+    label_balance: Literal["logit_adjustment", "none"] = Field(
+        default="none",
+        description="Classification only. 'logit_adjustment': each client trains on "
+        "logits + log(its own label prior) (balanced softmax / FedLC-style calibration; the "
+        "prior comes from the client's label counts with add-one smoothing and never leaves "
+        "the client), so a client that holds mostly one label cannot pull the shared decision "
+        "boundary towards it. 'none': plain cross-entropy.",
+    )
+    proximal_mu: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="FedProx: adds mu/2 ||w - w_start||^2 over the trained tensors to the "
+        "local loss (0 disables).",
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="Client learning rate over the federation's rounds: 'constant', or "
+        "'cosine' (linear warm-up over warmup_rounds, then cosine decay to 10% of "
+        "learning_rate at the last round). The server applies it: each plan carries its "
+        "round's rate in learning_rate.",
+    )
+    warmup_rounds: int = Field(
+        default=0, ge=0, le=10_000, description="Rounds of linear learning-rate warm-up."
+    )
+
+    def round_learning_rate(self, round_number: int, total_rounds: int) -> float:
+        """The client learning rate of round ``round_number`` (1-based) of ``total_rounds``."""
+        if self.lr_schedule == "constant":
+            return self.learning_rate
+        warmup = min(self.warmup_rounds, max(0, total_rounds - 1))
+        if round_number <= warmup:
+            return self.learning_rate * round_number / (warmup + 1)
+        span = max(1, total_rounds - warmup - 1)
+        progress = min(1.0, (round_number - warmup - 1) / span)
+        floor = COSINE_FLOOR * self.learning_rate
+        return floor + (self.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class DPSettings(BaseModel):

@@ -4,6 +4,8 @@
 and size, and :func:`training_plan` fills a ``TrainingPlan`` from the assignment, the stored
 artifacts' references and the federation's settings. A plan whose assignment says
 ``client_dp=False`` (SDFLoRA variant S: the server adds the noise) carries DP mode ``none``.
+The plan's ``training.learning_rate`` is the round's rate under the federation's
+``lr_schedule`` (:meth:`LocalTraining.round_learning_rate`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,13 @@ def training_plan(
         nested_truncations=assignment.nested_truncations,
         sketch=assignment.sketch,
         tail_penalty=assignment.tail_penalty,
-        training=training,
+        training=training.model_copy(
+            update={
+                "learning_rate": training.round_learning_rate(
+                    ctx.round_number, max(1, ctx.total_rounds)
+                )
+            }
+        ),
         dp=DPPlan(**dp_fields, planned_rounds=max(1, ctx.total_rounds)),
         seed=seed,
     )
