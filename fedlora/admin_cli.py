@@ -430,7 +430,8 @@ def federation_watch(
 ) -> None:
     """Live table of rounds: state, participants, train loss, ε, evaluation metrics.
 
-    Stops when the federation completes or is cancelled (Ctrl-C stops watching only).
+    Stops when the federation completes or is cancelled (Ctrl-C stops watching only). When the
+    output is not a terminal (a log file, a pipe), each change is printed as a new table.
     """
     from rich.live import Live
 
@@ -440,22 +441,33 @@ def federation_watch(
         fid = _federation_id(admin, federation)
         names = {str(c["id"]): str(c["name"]) for c in admin.clients()}
 
-        def snapshot() -> tuple[Any, bool]:
+        def snapshot() -> tuple[Any, str, bool]:
             fed = admin.federation(fid)
             tasks = admin.tasks(fid)
             rows = round_rows(admin.rounds(fid), tasks, admin.updates(fid), admin.adapters(fid))
-            return render(fed, rows, tasks, names), fed["status"] in FINAL_STATUSES
+            key = repr((fed["status"], rows, [(t["id"], t["status"]) for t in tasks]))
+            return render(fed, rows, tasks, names), key, fed["status"] in FINAL_STATUSES
 
-        view, finished = snapshot()
+        view, key, finished = snapshot()
         if once or finished:
             out.print(view)
             return
         try:
-            with Live(view, console=out, refresh_per_second=4) as live:
-                while not finished:
-                    time.sleep(interval)
-                    view, finished = snapshot()
-                    live.update(view)
+            if out.is_terminal:
+                with Live(view, console=out, refresh_per_second=4) as live:
+                    while not finished:
+                        time.sleep(interval)
+                        view, key, finished = snapshot()
+                        live.update(view)
+                return
+            out.print(view)
+            while not finished:
+                time.sleep(interval)
+                view, new_key, finished = snapshot()
+                if new_key != key:
+                    out.print(f"--- {time.strftime('%H:%M:%S')}")
+                    out.print(view)
+                    key = new_key
         except KeyboardInterrupt:
             err.print("stopped watching (the federation runs on)")
 

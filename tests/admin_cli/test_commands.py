@@ -24,6 +24,7 @@ from typer.testing import CliRunner, Result
 from api.db import GlobalAdapter
 from api.services import rounds
 from api.storage import ArtifactStore
+from fedlora.admin_client import AdminClient
 from fedlora.cli import app
 from tests.api.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.api.factories import SPEC, adapter_bytes, make_plan, manifest_for
@@ -384,3 +385,48 @@ def test_every_admin_command_has_help_and_none_imports_torch(offline: Cli, tmp_p
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120, check=True)  # fmt: skip
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_watch_prints_each_change_to_a_log_and_stops_when_the_federation_ends(
+    cli: Cli, app_sessions: sessionmaker[Session], store: ArtifactStore
+) -> None:
+    _login(cli)
+    token = cli("join-token", "create", cli("org", "create", "o").stdout.strip()).stdout.strip()
+    party = _enroll(cli.url, token, "c1")
+    fid = cli(*_create("--dp", "none"), stdin=SPEC.model_dump_json()).stdout.strip()
+    cli("federation", "add-member", fid, "c1", "--rank-budget", "2")
+    r = _client_call(cli.url, party["api_key"], "PUT", f"/client/memberships/{fid}",
+                     json={"fingerprint": SPEC.fingerprint})  # fmt: skip
+    assert r.status_code == 200, r.text
+    cli("federation", "start", fid)
+    _open_round(app_sessions, store, fid)
+    # a real process writing to a pipe, as `watch ... > watch.log` would
+    env = {**os.environ, **cli.env, "FEDLORA_URL": "", "FEDLORA_TOKEN": ""}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "fedlora", "federation", "watch", fid, "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert watch.stdout is not None
+        first = ""
+        while "pending" not in first:  # the first table: round 1 waits for c1's task
+            line = watch.stdout.readline()
+            assert line, f"watch exited early: {first}"
+            first += line
+        with _admin(cli) as admin:
+            (task,) = [t["id"] for t in admin.tasks(fid)]
+        cli("task", "release", task, "--reason", "c1 left")
+        cli("federation", "cancel", fid)
+        rest, _ = watch.communicate(timeout=60)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, first + rest
+    assert "released by admin: c1 left" in rest  # printed again once something changed
+    assert rest.count("--- ") >= 1
+    assert "cancelled" in rest.split("--- ")[-1]  # the last table, then it stopped by itself
+
+
+def _admin(cli: Cli) -> AdminClient:
+    """The saved login's client (what the commands use)."""
+    saved = json.loads(Path(cli.env["FEDLORA_ADMIN_CONFIG"]).read_text())
+    return AdminClient(saved["url"], token=saved["token"])
