@@ -108,7 +108,8 @@ def _printer(kind: str, info: dict[str, object]) -> None:
     shown = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()
     )
-    style = {"refused": "red", "uploaded": "green", "task": "cyan"}.get(kind, "white")
+    styles = {"refused": "red", "released": "red", "uploaded": "green", "task": "cyan"}
+    style = styles.get(kind, "white")
     console.print(f"[{style}]{kind}[/] {shown}", highlight=False)
 
 
