@@ -193,7 +193,29 @@ class ArtifactRef(BaseModel):
 
 
 COSINE_FLOOR = 0.1
-"""The cosine schedule's last-round rate, as a fraction of ``LocalTraining.learning_rate``."""
+"""The cosine schedule's last-round rate, as a fraction of the peak rate."""
+
+
+def scheduled_rate(
+    peak: float,
+    schedule: Literal["constant", "cosine"],
+    *,
+    round_number: int,
+    total_rounds: int,
+    warmup_rounds: int = 0,
+) -> float:
+    """The rate of round ``round_number`` (1-based) of ``total_rounds`` under ``schedule``:
+    ``constant``, or ``cosine`` (linear warm-up over ``warmup_rounds``, then cosine decay from
+    ``peak`` to ``COSINE_FLOOR * peak`` at the last round)."""
+    if schedule == "constant":
+        return peak
+    warmup = min(warmup_rounds, max(0, total_rounds - 1))
+    if round_number <= warmup:
+        return peak * round_number / (warmup + 1)
+    span = max(1, total_rounds - warmup - 1)
+    progress = min(1.0, (round_number - warmup - 1) / span)
+    floor = COSINE_FLOOR * peak
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class LocalTraining(BaseModel):
@@ -253,15 +275,13 @@ class LocalTraining(BaseModel):
 
     def round_learning_rate(self, round_number: int, total_rounds: int) -> float:
         """The client learning rate of round ``round_number`` (1-based) of ``total_rounds``."""
-        if self.lr_schedule == "constant":
-            return self.learning_rate
-        warmup = min(self.warmup_rounds, max(0, total_rounds - 1))
-        if round_number <= warmup:
-            return self.learning_rate * round_number / (warmup + 1)
-        span = max(1, total_rounds - warmup - 1)
-        progress = min(1.0, (round_number - warmup - 1) / span)
-        floor = COSINE_FLOOR * self.learning_rate
-        return floor + (self.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return scheduled_rate(
+            self.learning_rate,
+            self.lr_schedule,
+            round_number=round_number,
+            total_rounds=total_rounds,
+            warmup_rounds=self.warmup_rounds,
+        )
 
 
 class DPSettings(BaseModel):

@@ -55,11 +55,17 @@ def list_strategies() -> list[tuple[str, str]]:
 
 
 def get_strategy(
-    name: str, params: BaseModel | dict[str, object] | None = None, *, device: str = "auto"
+    name: str,
+    params: BaseModel | dict[str, object] | None = None,
+    *,
+    device: str = "auto",
+    server_optimizer: BaseModel | dict[str, object] | None = None,
 ) -> Strategy:
     """Instantiate strategy ``name`` with validated ``params`` on ``device`` (imports torch).
 
     ``device`` is the worker setting ``auto`` | ``cpu`` | ``cuda``; ``auto`` uses CUDA when present.
+    ``server_optimizer`` (a federation's stored settings) wraps the strategy in
+    :class:`worker.strategies.server_opt.ServerOptimized` unless it is absent or ``none``.
     Raises ``KeyError`` for an unknown name and ``pydantic.ValidationError`` for bad params.
     """
     if name not in _REGISTRY:
@@ -69,4 +75,8 @@ def get_strategy(
     module_name, class_name = _REGISTRY[name]
     cls = getattr(importlib.import_module(module_name), class_name)
     strategy: Strategy = cls(params, device=device)
+    if server_optimizer:
+        from worker.strategies.server_opt import with_server_optimizer
+
+        strategy = with_server_optimizer(strategy, server_optimizer)  # type: ignore[arg-type]
     return strategy

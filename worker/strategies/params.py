@@ -191,6 +191,106 @@ class PreLortParams(StrategyParams):
     weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
 
 
+FACTOR_SPACE_STRATEGIES = frozenset({"fedavg", "hetlora", "prelort", "fslora"})
+"""Strategies whose global model's factors keep their meaning across rounds (truncation
+prefixes of one global LoRA): a server optimizer may act on the factors element by element."""
+PRODUCT_SPACE_STRATEGIES = frozenset({"flexlora", "sdflora"})
+"""Strategies whose global factors come from a new SVD each round (defined only up to sign and
+rotation): a server optimizer must act on the product ``s B A`` (kept factored)."""
+
+
+class ServerOptimizerParams(StrategyParams):
+    """A server optimizer on the aggregated change of the global model (FedOpt: Reddi et al.,
+    "Adaptive Federated Optimization", ICLR 2021), wrapped around any strategy.
+
+    The strategy proposes the new global model; its change ``Delta`` from the previous one is
+    the negative pseudo-gradient. ``momentum`` (FedAvgM): ``m <- beta m + Delta``,
+    ``W <- W + lr m``. ``adam`` / ``yogi``: FedAdam / FedYogi, ``W <- W + lr m_hat /
+    (sqrt(v_hat) + tau)`` with ``m, v`` the first and second moments of ``Delta`` (Yogi's
+    additive ``v``), bias-corrected as in Adam (Reddi et al. leave them uncorrected; with the
+    correction the first round moves each parameter by about ``lr``, as Adam's first step).
+    Factor-space strategies (FedAvg, HetLoRA, PreLort, FSLoRA) apply it to every factor and
+    head tensor. FlexLoRA and SDFLoRA apply momentum to the product ``s B A`` (the buffer is
+    kept factored at twice the global rank, so no ``m x d`` matrix is formed) and to the
+    heads; the adaptive ones need element-wise moments of the product and are refused for
+    them. FLoRA's global model is a stack merged into the clients' weights: none applies.
+    """
+
+    name: Literal["none", "momentum", "adam", "yogi"] = Field(
+        default="none",
+        description="'none' publishes the strategy's aggregate as is; 'momentum' is FedAvgM; "
+        "'adam' / 'yogi' are FedAdam / FedYogi (factor-space strategies only).",
+    )
+    lr: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=100.0,
+        description="Server learning rate (1 with momentum; FedAdam/FedYogi need a rate of the "
+        "size of one round's change per parameter, e.g. 1e-3 to 1e-2).",
+    )
+    momentum: float = Field(
+        default=0.9, ge=0.0, lt=1.0, description="beta1: momentum / first-moment decay."
+    )
+    beta2: float = Field(
+        default=0.99, ge=0.0, lt=1.0, description="Second-moment decay (adam, yogi)."
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="Server learning rate over the rounds: 'constant', or 'cosine' (decay "
+        "to 10% of lr at the last round, the client schedule's rule).",
+    )
+    tau: float = Field(
+        default=1e-8,
+        gt=0.0,
+        le=1.0,
+        description="Adaptivity tau added to sqrt(v_hat) (adam, yogi): Adam's epsilon. Keep it "
+        "well below the typical size of one round's change per parameter.",
+    )
+
+    def check_strategy(self, strategy: str) -> None:
+        """Raise ``ValueError`` if ``strategy`` cannot take this optimizer (names the fix)."""
+        if self.name == "none":
+            return
+        if strategy in FACTOR_SPACE_STRATEGIES:
+            return
+        if strategy in PRODUCT_SPACE_STRATEGIES and self.name == "momentum":
+            return
+        if strategy in PRODUCT_SPACE_STRATEGIES:
+            raise ValueError(
+                f"server optimizer {self.name!r} needs element-wise moments of the global "
+                f"product, which {strategy} never forms: use 'momentum' or 'none'"
+            )
+        raise ValueError(
+            f"{strategy} merges its global update into the clients' weights every round; a "
+            "server optimizer does not apply: use 'none'"
+        )
+
+
+DEFAULT_SERVER_OPTIMIZER = ServerOptimizerParams()
+"""What a federation gets when it names no server optimizer (FLoRA: always 'none')."""
+
+
+def resolve_server_optimizer(
+    strategy: str, chosen: ServerOptimizerParams | dict[str, object] | None
+) -> ServerOptimizerParams:
+    """The federation's server optimizer: ``chosen``, or the platform's default for
+    ``strategy`` when it is None. Raises ``ValueError`` if ``strategy`` cannot take it."""
+    if chosen is None:
+        default = DEFAULT_SERVER_OPTIMIZER
+        if strategy not in FACTOR_SPACE_STRATEGIES | PRODUCT_SPACE_STRATEGIES:
+            return default.model_copy(update={"name": "none"})
+        if strategy in PRODUCT_SPACE_STRATEGIES and default.name != "momentum":
+            return default.model_copy(update={"name": "none"})
+        return default
+    params = (
+        chosen
+        if isinstance(chosen, ServerOptimizerParams)
+        else ServerOptimizerParams.model_validate(chosen)
+    )
+    params.check_strategy(strategy)
+    return params
+
+
 STRATEGY_PARAMS: dict[str, type[StrategyParams]] = {
     "fedavg": FedAvgParams,
     "hetlora": HetLoRAParams,
