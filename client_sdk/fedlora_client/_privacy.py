@@ -22,12 +22,15 @@ Each round is a Gaussian mechanism of sensitivity ``C``; rounds compose. No ampl
 the server's client sampling is counted, and the guarantee is meaningful only when the noise is
 small relative to the aggregate, i.e. with many clients. Metrics are not covered.
 
-**SDFLoRA caveat** (METHODS.md section 2.4). Only the shared module is released and noised; the
-private module is trained without noise and never leaves the machine. In sample-level mode the
-private module's state depends on every record, and the shared module's gradients depend on the
-private module, so the per-step sensitivity of the released gradients is not bounded by ``C``:
-the reported epsilon is *not* a formal sample-level guarantee for SDFLoRA. Use client-level
-mode (or train the private module with DP too) where a formal guarantee is required.
+**SDFLoRA** (shared + private modules). Only the shared module is released; the private
+module stays on the machine. In sample-level mode both are trained by the same DP-SGD steps:
+every example's gradient is clipped jointly over the shared *and* private tensors and noise is
+added to both, so the whole local state (and so every released shared module) is a
+post-processing of the noisy, clipped steps and the accountant's epsilon is a formal
+sample-level guarantee. (Training the private module without noise, as the method's released
+code does, would let it carry unbounded information about the records into the shared
+module's gradients.) In client-level mode only the uploaded shared update is clipped and
+noised, which covers the release as before.
 
 **Randomness.** Noise and DP sampling use a generator seeded from the operating system's
 entropy, never from the plan's seed (the server knows the plan seed and could subtract noise

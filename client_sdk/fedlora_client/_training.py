@@ -187,20 +187,19 @@ def train_round(
     if data.task_type is TaskType.SEQ_CLS and t.label_balance == "logit_adjustment":
         logit_bias = log_label_prior(data, num_labels_of(plan))
     sample_dp = dp.mode is DPMode.SAMPLE
-    if sample_dp and plan.private is not None:
-        log.warning(
-            "SDFLoRA with sample-level DP: the private module is trained without noise, so the "
-            "reported epsilon is not a formal sample-level guarantee (see the SDK README)"
-        )
     forward_model: Any = model
     dpsgd: DPSGD | None = None
     if sample_dp:
         from opacus import GradSampleModule
 
         forward_model = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        # SDFLoRA's private module is trained with DP-SGD too, jointly clipped with the shared
+        # one: every trained tensor is then a function of noisy, clipped steps, so the released
+        # shared module carries the accountant's sample-level guarantee (the private module
+        # never leaves the machine, but it must not carry unbounded information into it)
         dpsgd = DPSGD(
-            list(released.values()),
-            list(private.values()),
+            [*released.values(), *private.values()],
+            [],
             clip_norm=dp.clip_norm,
             noise_multiplier=sigma,
             expected_batch_size=rate * n,

@@ -238,3 +238,32 @@ def test_plans_carry_their_rounds_learning_rate() -> None:
             training=training, dp=p.DPSettings(mode=p.DPMode.NONE), seed=1,
         )  # fmt: skip
         assert plan.training.learning_rate == pytest.approx(expected)
+
+
+def test_sdflora_private_module_is_clipped_with_the_shared_one_under_sample_dp(
+    minilm: Path, minilm_spec: p.ModelSpec
+) -> None:
+    """Sample-level DP bounds every example's influence on the private module too (so the
+    released shared module carries a formal guarantee): with a clipping norm of 1e-6 and no
+    noise, one SGD step moves both together by at most lr * C * (Poisson batch / expected
+    batch) <= 3 lr C here (24 examples, expected batch 8)."""
+    from fedlora_client._adapters import PRIVATE, adapter_tensors
+
+    server = FakeServer()
+    task = method_task(server, minilm_spec, p.TaskType.SEQ_CLS, "sdflora", steps=3)
+    training = task.plan.training.model_copy(
+        update={"optimizer": "sgd", "learning_rate": 1.0, "batch_size": 8}
+    )
+    dp = dp_plan(p.DPMode.SAMPLE, noise_multiplier=0.0, clip_norm=1e-6)
+    plan = task.plan.model_copy(update={"training": training, "dp": dp})
+    start = lora_tensors(minilm_spec, 4, seed=1, zero_b=False)
+    model = build_peft_model(_no_dropout(load_base_model(minilm, "seq_cls")), plan, start)
+    before = adapter_tensors(model, PRIVATE)
+    data = encode_data(cls_records(24), "seq_cls", load_tokenizer(minilm), max_seq_len=32)
+    result = train_round(model, plan, data, progress=False, noise_seed=0)
+    assert result.private is not None
+    moved = sum(float((result.private[k] - before[k]).norm()) ** 2 for k in before) ** 0.5
+    shared = sum(float((result.tensors[k] - start[k]).norm()) ** 2 for k in result.tensors) ** 0.5
+    bound = 3 * (24 / 8) * 1.0 * 1e-6  # steps * worst batch ratio * lr * C
+    assert moved <= bound
+    assert (shared**2 + moved**2) ** 0.5 <= bound  # jointly clipped: one budget for both

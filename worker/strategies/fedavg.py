@@ -1,4 +1,4 @@
-"""FedAvg / FedIT (METHODS.md §5.1): average A and B separately. The homogeneous baseline.
+"""FedAvg / FedIT (docs/methods.md#fedavg): average A and B separately. The homogeneous baseline.
 
 State: the global factors at the federation's global rank ``G`` (scale ``s(G)``) and the head.
 
@@ -8,8 +8,10 @@ Project decisions:
   ranks this is exactly FedIT, ``B <- sum p_i B_i`` and ``A <- sum p_i A_i``. With unequal ranks the
   factors are zero-padded to G first (a FedIT generalisation; it dilutes the tail like HetLoRA).
 * Effective updates: client factors are brought to the global scale before averaging,
-  ``B_i <- (s_i / s_g) B_i``, so ``s_g B_i' A_i = s_i B_i A_i`` (METHODS.md §1).
-* Not exact: the FedIT cross-term ``sum_i p_i (B_i - Bbar)(A_i - Abar)`` remains (§1).
+  ``B_i <- (s_i / s_g) B_i``, so ``s_g B_i' A_i = s_i B_i A_i``
+  (docs/methods.md#conventions).
+* Not exact: the FedIT cross-term ``sum_i p_i (B_i - Bbar)(A_i - Abar)`` remains
+  (docs/methods.md#conventions).
 * A rank component that no client covers ends with B column and A row zero; its A row is
   re-drawn (product unchanged) so that it stays trainable.
 * Zero-padding dilutes: in a round where every client returns its start unchanged, column j

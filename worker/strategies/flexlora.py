@@ -1,4 +1,4 @@
-"""FlexLoRA (METHODS.md §5.4): average of products, then SVD redistribution to each rank.
+"""FlexLoRA (docs/methods.md#flexlora): average of products, then SVD redistribution to each rank.
 
 State: the global update ``W_bar`` truncated to the federation's global rank ``G``, stored as
 factors at scale ``s_g = s(G)`` sorted by singular value (``sigma_split='b'``:
@@ -8,11 +8,11 @@ plus the head.
 Round: client i gets the top-``r_i`` triplets (``r_i = min(budget, G)``):
 ``B_i = U[:, :r_i] Sigma[:r_i] / s_i`` and ``A_i = V[:, :r_i]^T`` ("put 1/s(r) back into B",
 the reference code's ``merge_rate``); the prefix of the sorted state is exactly that.
-The server forms ``W_bar = sum_i p_i s_i B_i A_i`` **factored**: it stacks
-``Bc = [p_1 s_1 B_1, ...]``, ``Ac = [A_1; ...]``, runs two thin QRs and the top-G SVD of the
-``R x R`` float64 core (§6.1; :func:`worker.linalg.factored_svd`), over layers of identical
-shape in chunks. No ``m x d`` matrix is formed (the dense route is used only when
-``R >= min(m, d)``, where it costs the same).
+The server forms ``W_bar = sum_i p_i s_i B_i A_i`` **factored**: it stacks ``Bc = [p_1 s_1 B_1,
+...]``, ``Ac = [A_1; ...]``, runs two thin QRs and the top-G SVD of the ``R x R`` float64 core
+(docs/methods.md#factored-svd; :func:`worker.linalg.factored_svd`), over layers of identical shape
+in chunks. No ``m x d`` matrix is formed (the dense route is used only when ``R >= min(m, d)``,
+where it costs the same).
 
 Project decisions:
 

@@ -1,4 +1,4 @@
-"""FLoRA (METHODS.md §5.3): stacking (exact); clients merge it and start a fresh LoRA.
+"""FLoRA (docs/methods.md#flora): stacking (exact); clients merge it and start a fresh LoRA.
 
 State: the **cumulative** stacked adapter of all rounds so far, ``B_cum (m x R_cum)`` and
 ``A_cum (R_cum x d)`` at scale 1 (``lora_alpha = R_cum``, plain LoRA), so that

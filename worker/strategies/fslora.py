@@ -1,4 +1,4 @@
-"""FSLoRA (METHODS.md §3.2, the intended algorithm): sketching of a global rank-r LoRA.
+"""FSLoRA (docs/methods.md#fslora, the intended algorithm): sketching of a global rank-r LoRA.
 
 State: global factors ``B (m x r)``, ``A (r x d)`` at the federation's scale ``s = s(r)`` (``r`` is
 ``params.global_rank`` or the federation's global rank), the head, and the server optimizer's

@@ -4,8 +4,8 @@ FedAvg, HetLoRA, PreLort, FlexLoRA, FSLoRA and SDFLoRA keep the global factors u
 at rank ``G`` with the federation's scale ``s_g = s(G)``, so the published adapter is the state
 itself (``ctx.lora_spec(G)``). A client of rank ``r_i = min(budget, G)`` starts from the rank-
 ``r_i`` prefix. Its effective start update ``s_i B_i A_i`` must equal ``s_g B[:, :r] A[:r]``, so
-the factor ``s_g / s_i`` is put back into B (METHODS.md §1), or as ``sqrt`` on both sides for a
-balanced split (SDFLoRA).
+the factor ``s_g / s_i`` is put back into B (docs/methods.md#conventions), or as ``sqrt`` on
+both sides for a balanced split (SDFLoRA).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HetLoRA (METHODS.md §5.2): truncation, norm-weighted zero-padded averaging, self-pruning.
+"""HetLoRA (docs/methods.md#hetlora): truncation, norm-weighted zero-padded averaging, self-pruning.
 
 State: the global factors at ``G = r_max`` (the federation's global rank, scale ``s(G)``), the
 head, and in ``meta``: ``ranks`` (client id -> pruned rank) and ``tails`` (client id ->

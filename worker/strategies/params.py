@@ -8,9 +8,10 @@ a description; bad values fail at construction with a message that names the fie
 whose strategy is ``name``; ``STRATEGY_DESCRIPTIONS[name]`` is a one-line description for the
 CLI and the dashboard. Both are keyed by :data:`fedlora_client.protocol.STRATEGY_NAMES`.
 
-Shared conventions (``METHODS.md`` §1): aggregation weights are data-size proportional unless a
-strategy's ``weighting`` says ``uniform``; every strategy aggregates effective updates
-``s_i B_i A_i``; the LoRA scale comes from the federation's ``lora_alpha`` / ``use_rslora``.
+Shared conventions (docs/methods.md#conventions): aggregation weights are data-size
+proportional unless a strategy's ``weighting`` says ``uniform``; every strategy aggregates
+effective updates ``s_i B_i A_i``; the LoRA scale comes from the federation's ``lora_alpha`` /
+``use_rslora``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ Weighting = Literal["num_examples", "uniform"]
 
 _WEIGHTING_DESCRIPTION = (
     "Aggregation weights p_i: 'num_examples' (data-size proportional, the default of "
-    "METHODS.md §1) or 'uniform' (1/K)."
+    "docs/methods.md#conventions) or 'uniform' (1/K)."
 )
 
 
@@ -95,7 +96,7 @@ class FlexLoRAParams(StrategyParams):
 
 
 class FSLoRAParams(StrategyParams):
-    """FSLoRA §3.2: sketched global rank-r LoRA, per-client index sets, server optimizer."""
+    """FSLoRA: sketched global rank-r LoRA, per-client index sets, server optimizer."""
 
     global_rank: int | None = Field(
         default=None,
@@ -138,7 +139,7 @@ class FSLoRAParams(StrategyParams):
 
 
 class SDFLoRAParams(StrategyParams):
-    """SDFLoRA §2.4: shared + private modules; stack and re-compress the shared module."""
+    """SDFLoRA: shared + private modules; stack and re-compress the shared module."""
 
     private_rank_fraction: float = Field(
         default=1.0 / 3.0,
@@ -180,7 +181,7 @@ class SDFLoRAParams(StrategyParams):
 
 
 class PreLortParams(StrategyParams):
-    """PreLort (reconstructed §4.3): prefix-nested training and segment-wise aggregation."""
+    """PreLort (a reconstruction): prefix-nested training and segment-wise aggregation."""
 
     truncation_levels: Literal["segments", "powers_of_two", "rank_only"] = Field(
         default="segments",

@@ -1,4 +1,4 @@
-"""PreLort (METHODS.md §4.3, a reconstruction from the paper's abstract): prefix-nested LoRA.
+"""PreLort (docs/methods.md#prelort, reconstructed from the paper's abstract): nested LoRA.
 
 State: the global prefix-ordered factors at ``G = r_max`` (the federation's global rank) and the
 head.
@@ -6,7 +6,7 @@ head.
 Round: client i gets the prefix ``B[:, :r_i]``, ``A[:r_i]`` with ``r_i = min(budget, G)`` and a
 set of truncation levels ``T_i`` (``nested_truncations``; it always includes ``r_i``). Per local
 step the client samples ``b`` uniformly from ``T_i`` and trains ``s B_i[:, :b] A_i[:b, :]``
-(variant (a) of §4.3). The server averages each rank index over the clients that cover it:
+(the stochastic variant). The server averages each rank index over the clients that cover it:
 ``B[:, j] <- sum_{i: r_i > j} w_i B_i[:, j] / sum_{i: r_i > j} w_i`` (and rows of A); indices
 no participant covers keep their value.
 

@@ -1,4 +1,5 @@
-"""SDFLoRA (METHODS.md §2.4): shared + private LoRA, stacking and re-compression of the shared.
+"""SDFLoRA (docs/methods.md#sdflora): shared + private LoRA; the shared one is stacked and
+re-compressed.
 
 State: the compressed shared module at the shared rank budget ``r_s`` (``shared_rank``, default
 the federation's global rank) with a **balanced** split at scale ``s(r_s)``:
@@ -24,19 +25,19 @@ Round:
    return their start unchanged, 49% in 5 rounds on the quality benchmark's budgets. With
    changes such a round is a no-op.
 
-DP (project decision): variant ``local`` (L, default): the client SDK clips and noises the
-shared module's gradients only. Variant ``server`` (S): the plan tells the client not to add
-noise (``client_dp=False``); the server clips each client's shared *update* (its final product
-minus its start product, Frobenius norm over all layers, computed factored) to ``C``, adds the
-weighted clipped changes to the old shared update, adds Gaussian noise of std
+DP (project decision): variant ``local`` (L, default): the client SDK runs DP-SGD; with sample-level
+DP each example's gradient is clipped jointly over the shared and private modules and both are
+noised, so the released shared module carries a formal sample-level guarantee (training the private
+module without noise on the same records would not). Variant ``server`` (S): the plan tells the
+client not to add noise (``client_dp=False``); the server clips each client's shared *update* (its
+final product minus its start product, Frobenius norm over all layers, computed factored) to ``C``,
+adds the weighted clipped changes to the old shared update, adds Gaussian noise of std
 ``sigma * C * max_i p_i`` (``sigma C / K`` for uniform weights) to the dense aggregate
 **before** re-compression (so the truncation is post-processing), drawn from OS randomness.
-Variant S therefore forms one dense ``m x d`` matrix per layer (Gaussian noise is full-rank)
-and takes a dense SVD. Soundness caveat (§2.4): variant L is not a formal sample-level
-guarantee for the shared factors when the private module trains on the same data without DP;
-use variant S with a trusted aggregator, or DP on both modules.
+Variant S therefore forms one dense ``m x d`` matrix per layer (Gaussian noise is full-rank) and
+takes a dense SVD.
 
-The shared module is persistent across rounds (the "fixed rank budget" reading of §2.4, step 6).
+The shared module is persistent across rounds (the "fixed rank budget" reading of the paper).
 """
 
 from __future__ import annotations
