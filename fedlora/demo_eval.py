@@ -69,8 +69,15 @@ class Evaluator:
     def accuracy(self, adapter_dir: Path) -> float:
         return self.score(adapter_dir).accuracy
 
-    @torch.no_grad()
     def score(self, adapter_dir: Path) -> Score:
+        out = self.logits(adapter_dir)
+        accuracy = float((out.argmax(-1) == self.labels).double().mean())
+        auc = roc_auc(out[:, 1] - out[:, 0], self.labels) if out.shape[1] == 2 else float("nan")
+        return Score(accuracy, auc)
+
+    @torch.no_grad()
+    def logits(self, adapter_dir: Path) -> torch.Tensor:
+        """The adapter's logits on every held-out example (in :attr:`labels` order)."""
         # The base checkpoint has no classification head, so transformers logs a "classifier
         # MISSING ... Consider training" report, and draws a progress bar, every round. The
         # adapter carries the trained head (modules_to_save), so the report is expected: both
@@ -92,7 +99,4 @@ class Evaluator:
             width = int(chunk["attention_mask"].sum(1).max())  # right padding: exact to trim
             chunk = {k: v[:, :width] for k, v in chunk.items()}
             logits.append(model(**chunk).logits.float())
-        out = torch.cat(logits)
-        accuracy = float((out.argmax(-1) == self.labels).double().mean())
-        auc = roc_auc(out[:, 1] - out[:, 0], self.labels) if out.shape[1] == 2 else float("nan")
-        return Score(accuracy, auc)
+        return torch.cat(logits)

@@ -29,15 +29,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import queue
 from api.config import Settings
+from api.db import RoundKind
 from api.db.session import engine_from_settings, make_session_factory
 from api.services import rounds
 from api.services.round_publish import publish_round
 from api.services.round_types import AggregationInputs, JobMetrics, SweepResult
 from api.storage import ArtifactStore
 from worker.planning import (
+    adapter_ref,
+    evaluation_plans,
     federation_context,
     load_state,
     make_plans,
+    published_ref,
     round_participants,
     store_result,
 )
@@ -86,7 +90,7 @@ def open_round(rt: Runtime, federation_id: str) -> str | None:
     strategy = get_strategy(fed.strategy, fed.strategy_params, device=rt.settings.device)
     ctx = federation_context(fed, todo.number, todo.seed, todo.selected)
     state = load_state(rt.store, todo.previous) or strategy.init_state(ctx)
-    plans = make_plans(rt.store, strategy, state, ctx, fed)
+    plans = make_plans(rt.store, strategy, state, ctx, fed, published_ref(rt.store, todo.previous))
     with rt.session() as session:
         round_id = rounds.open_round(
             session=session, federation_id=fid, number=todo.number, plans=plans, enqueue=rt.enqueue
@@ -189,14 +193,23 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
                 )
             return False
         stored = store_result(rt.store, result, ctx, fed)
+        global_ref = adapter_ref(rt.store, stored.adapter_sha256, result.lora)
         with rt.session() as session:
             nxt = rounds.round_to_open(
                 session=session, federation_id=fed.federation_id, after_round_id=rid
             )
-        next_plans = None
+            final = None
+            if nxt is None:  # the last training round? then the evaluation pass comes next
+                final = rounds.evaluation_to_open(
+                    session=session, federation_id=fed.federation_id, after_round_id=rid
+                )
+        next_plans, next_kind = None, RoundKind.TRAINING
         if nxt is not None:
             next_ctx = federation_context(fed, nxt.number, nxt.seed, nxt.selected)
-            next_plans = make_plans(rt.store, strategy, result.state, next_ctx, fed)
+            next_plans = make_plans(rt.store, strategy, result.state, next_ctx, fed, global_ref)
+        elif final is not None:  # the last round: the evaluation pass scores its adapter
+            nxt, next_kind = final, RoundKind.EVALUATION
+            next_plans = evaluation_plans(fed, final.selected, global_ref, final.seed)
     job = JobMetrics(
         duration_seconds=time.perf_counter() - started,
         device=device,
@@ -215,6 +228,7 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
             job=job,
             next_number=None if nxt is None else nxt.number,
             next_plans=next_plans,
+            next_kind=next_kind,
             enqueue=rt.enqueue,
         )
     log.info("round %s published=%s in %.2fs on %s", rid, published, job.duration_seconds, device)

@@ -4,7 +4,11 @@
   and a round's participants; :func:`round_participants` rebuilds exactly that participant list
   from a round's tasks, so ``aggregate`` sees the context ``plan`` saw (the rank budget each
   plan was made for is in the plan).
-* :func:`make_plans` runs the planning hook and writes every start/merge artifact to the store.
+* :func:`make_plans` runs the planning hook and writes every start/merge artifact to the store;
+  every plan also names the latest published global adapter (:func:`published_ref`), which the
+  client evaluates on its own data before training (federated evaluation).
+* :func:`evaluation_plans` plans the evaluation pass after the last training round: evaluate
+  the final adapter, train nothing.
 * :func:`load_state` / :func:`store_result` move server state and global adapters between the
   strategies and the content-addressed artifact store (safetensors + JSON, never pickle).
 """
@@ -24,7 +28,7 @@ from torch import Tensor
 from api.db import Task
 from api.services.round_types import FederationConfig, Member, PreviousAdapter
 from api.storage import ArtifactStore
-from fedlora_client.protocol import ArtifactRef, LoraSpec, TrainingPlan
+from fedlora_client.protocol import ArtifactRef, DPPlan, LoraSpec, TrainingPlan
 from worker.strategies.adapters import derive_seed, tensors_to_bytes
 from worker.strategies.base import (
     STATE_META,
@@ -96,14 +100,36 @@ def _store_tensors(store: ArtifactStore, tensors: dict[str, Tensor], lora: LoraS
     return ref
 
 
+def adapter_ref(store: ArtifactStore, adapter_sha256: str, lora: LoraSpec) -> ArtifactRef:
+    """A stored global adapter's weights file as a plan references it."""
+    return ArtifactRef(sha256=adapter_sha256, size=store.size(adapter_sha256), lora=lora)
+
+
+def published_ref(store: ArtifactStore, previous: PreviousAdapter | None) -> ArtifactRef | None:
+    """The latest published global adapter as a plan references it (its rank and scale from
+    its ``adapter_config.json``); ``None`` before round 1 has published."""
+    if previous is None:
+        return None
+    with store.open(previous.adapter_config_sha256) as f:
+        config = json.loads(f.read())
+    lora = LoraSpec(
+        rank=int(config["r"]),
+        lora_alpha=float(config["lora_alpha"]),
+        use_rslora=bool(config.get("use_rslora", False)),
+    )
+    return adapter_ref(store, previous.adapter_sha256, lora)
+
+
 def make_plans(
     store: ArtifactStore,
     strategy: Strategy,
     state: ServerState,
     ctx: PlanContext,
     fed: FederationConfig,
+    global_adapter: ArtifactRef | None = None,
 ) -> dict[uuid.UUID, TrainingPlan]:
-    """Run the planning hook; store each start (and merge) artifact; return wire plans."""
+    """Run the planning hook; store each start (and merge) artifact; return wire plans that
+    name ``global_adapter`` (the latest published one) for the clients to evaluate."""
     plans: dict[uuid.UUID, TrainingPlan] = {}
     budgets = {p.client_id: p.rank_budget for p in ctx.participants}
     for client_id, a in strategy.plan(state, ctx).items():
@@ -124,9 +150,39 @@ def make_plans(
         )
         lora = plan.lora.model_copy(update={"dropout": fed.training.lora_dropout})
         plans[uuid.UUID(client_id)] = plan.model_copy(
-            update={"lora": lora, "rank_budget": budgets[client_id]}
+            update={
+                "lora": lora,
+                "rank_budget": budgets[client_id],
+                "global_adapter": global_adapter,
+            }
         )
     return plans
+
+
+def evaluation_plans(
+    fed: FederationConfig, members: Iterable[Member], final: ArtifactRef, seed: int
+) -> dict[uuid.UUID, TrainingPlan]:
+    """The evaluation pass after the last training round: each member evaluates ``final``
+    (base model + the final global adapter) and reports; it trains and uploads nothing, so its
+    ``lora``/``start`` merely describe that adapter."""
+    dp = DPPlan(**fed.dp.model_dump(), planned_rounds=max(1, fed.num_rounds))
+    return {
+        m.client_id: TrainingPlan(
+            strategy=fed.strategy,
+            task_type=fed.task_type,
+            base_model_id=fed.base_model_id,
+            model=fed.model,
+            lora=final.lora,
+            rank_budget=m.rank_budget,
+            start=final,
+            training=fed.training,
+            dp=dp,
+            seed=derive_seed(seed, "evaluate", str(m.client_id)),
+            global_adapter=final,
+            evaluate_only=True,
+        )
+        for m in members
+    }
 
 
 def load_state(store: ArtifactStore, previous: PreviousAdapter | None) -> ServerState | None:

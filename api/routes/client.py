@@ -17,12 +17,13 @@ from fastapi.responses import StreamingResponse
 from api.deps import CurrentClient, EnqueuerDep, SessionDep, SettingsDep
 from api.errors import NotFoundError
 from api.schemas.client import ClientSelf, TaskStatusPublic
-from api.services import client_tasks, identity, task_release
+from api.services import client_tasks, evaluations, identity, task_release
 from fedlora_client.protocol import (
     API_PREFIX,
     CONTENT_SHA256_HEADER,
     EnrollRequest,
     EnrollResponse,
+    GlobalEvaluation,
     HardwareProfile,
     MembershipInfo,
     MembershipReport,
@@ -163,6 +164,35 @@ def download_merge_adapter(
     if plan.merge is None:
         raise NotFoundError(f"task {task_id}'s plan has no merge adapter (only FLoRA has one)")
     return _stream_artifact(request, plan.merge.sha256)
+
+
+@router.get(rel(Routes.GLOBAL_ADAPTER), response_class=StreamingResponse, responses=_DOWNLOAD)
+def download_global_adapter(
+    task_id: uuid.UUID, request: Request, client: CurrentClient, session: SessionDep
+) -> StreamingResponse:
+    """Federated evaluation: the published global adapter this task's plan names."""
+    task = client_tasks.leased_task(session=session, client=client, task_id=task_id)
+    plan = TrainingPlan.model_validate(task.plan)
+    if plan.global_adapter is None:
+        raise NotFoundError(f"task {task_id}'s plan names no global adapter (round 1 has none)")
+    return _stream_artifact(request, plan.global_adapter.sha256)
+
+
+@router.post(rel(Routes.EVALUATION))
+def report_evaluation(
+    task_id: uuid.UUID,
+    body: GlobalEvaluation,
+    client: CurrentClient,
+    session: SessionDep,
+    enqueue: EnqueuerDep,
+) -> TaskStatusPublic:
+    """This client's loss (and accuracy) of the global adapter its task names, on its own
+    evaluation data; for an evaluation-only task, its result. Not covered by DP."""
+    evaluations.record_evaluation(
+        session=session, client=client, task_id=task_id, body=body, enqueue=enqueue
+    )
+    task = client_tasks.client_task(session=session, client=client, task_id=task_id)
+    return TaskStatusPublic(task_id=str(task.id), status=task.status)
 
 
 @router.post(rel(Routes.REPORT))

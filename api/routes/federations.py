@@ -7,8 +7,9 @@ from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, status
+from sqlalchemy.orm import Session
 
-from api.db import Federation, Membership
+from api.db import Federation, Membership, RoundState
 from api.deps import CurrentAdmin, EnqueuerDep, PageDep, SessionDep
 from api.schemas.common import ListPublic
 from api.schemas.federations import (
@@ -26,8 +27,18 @@ router = APIRouter(prefix="/federations", tags=["federations"])
 members = APIRouter(prefix="/federations/{federation_id}/memberships", tags=["memberships"])
 
 
-def _public(fed: Federation) -> FederationPublic:
-    return FederationPublic.model_validate(fed)
+def _public(
+    fed: Federation, *, session: Session, counts: dict[str, int] | None = None
+) -> FederationPublic:
+    """The federation with its training rounds' counts (``counts``, else read now)."""
+    if counts is None:
+        counts = svc.round_counts(session=session, federation_ids=[fed.id])[fed.id]
+    return FederationPublic.model_validate(fed).model_copy(
+        update={
+            "rounds_completed": counts.get(RoundState.COMPLETED, 0),
+            "rounds_failed": counts.get(RoundState.FAILED, 0),
+        }
+    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -35,7 +46,8 @@ def create_federation(
     body: FederationCreate, session: SessionDep, admin: CurrentAdmin
 ) -> FederationPublic:
     """Create a draft federation; the strategy and its parameters are validated here."""
-    return _public(svc.create_federation(session=session, admin=admin, body=body))
+    fed = svc.create_federation(session=session, admin=admin, body=body)
+    return _public(fed, session=session)
 
 
 @router.get("")
@@ -51,14 +63,18 @@ def list_federations(
     if status_filter is not None:
         stmt = stmt.where(Federation.status == status_filter)
     rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
-    return ListPublic(data=[_public(r) for r in rows], count=count)
+    counts = svc.round_counts(session=session, federation_ids=[r.id for r in rows])
+    return ListPublic(
+        data=[_public(r, session=session, counts=counts[r.id]) for r in rows], count=count
+    )
 
 
 @router.get("/{federation_id}")
 def get_federation(
     federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
 ) -> FederationPublic:
-    return _public(svc.get_federation(session=session, federation_id=federation_id))
+    fed = svc.get_federation(session=session, federation_id=federation_id)
+    return _public(fed, session=session)
 
 
 @router.patch("/{federation_id}")
@@ -69,7 +85,7 @@ def update_federation(
     fed = svc.update_federation(
         session=session, admin=admin, federation_id=federation_id, body=body
     )
-    return _public(fed)
+    return _public(fed, session=session)
 
 
 @router.delete("/{federation_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -85,7 +101,7 @@ def start_federation(
     fed = svc.start_federation(
         session=session, admin=admin, federation_id=federation_id, enqueue=enqueue
     )
-    return _public(fed)
+    return _public(fed, session=session)
 
 
 @router.post("/{federation_id}/pause")
@@ -93,7 +109,8 @@ def pause_federation(
     federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
 ) -> FederationPublic:
     """running -> paused: no task is handed out and no new round opens until resume."""
-    return _public(svc.pause_federation(session=session, admin=admin, federation_id=federation_id))
+    fed = svc.pause_federation(session=session, admin=admin, federation_id=federation_id)
+    return _public(fed, session=session)
 
 
 @router.post("/{federation_id}/resume")
@@ -103,7 +120,7 @@ def resume_federation(
     fed = svc.resume_federation(
         session=session, admin=admin, federation_id=federation_id, enqueue=enqueue
     )
-    return _public(fed)
+    return _public(fed, session=session)
 
 
 @router.post("/{federation_id}/cancel")
@@ -111,7 +128,8 @@ def cancel_federation(
     federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
 ) -> FederationPublic:
     """Stop for good: the open round fails and its tasks are dropped."""
-    return _public(svc.cancel_federation(session=session, admin=admin, federation_id=federation_id))
+    fed = svc.cancel_federation(session=session, admin=admin, federation_id=federation_id)
+    return _public(fed, session=session)
 
 
 def _membership_public(

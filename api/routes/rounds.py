@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from api.db import AuditLogEntry, GlobalAdapter, PrivacyLedgerEntry, Round, Task, Update
 from api.deps import CurrentAdmin, EnqueuerDep, PageDep, SessionDep
+from api.errors import NotFoundError
 from api.schemas.common import ListPublic
 from api.schemas.rounds import (
     AuditLogPublic,
@@ -20,11 +21,15 @@ from api.schemas.rounds import (
     TaskPublic,
     TaskReleaseRequest,
     UpdatePublic,
+    adapter_public,
+    round_public,
 )
-from api.services import task_release
+from api.services import evaluations, task_release
 from api.services.adapters import peft_folder_members, stream_tar, stream_zip
 from api.services.common import get_or_404, page
+from api.services.evaluations import Scoreboard
 from api.services.federations import get_federation
+from fedlora_client.protocol import TaskType
 
 rounds = APIRouter(tags=["rounds"])
 adapters = APIRouter(tags=["adapters"])
@@ -36,21 +41,28 @@ def _list(session: Any, stmt: sa.Select[Any], p: Any, schema: Any) -> Any:
     return ListPublic(data=[schema.model_validate(r) for r in rows], count=count)
 
 
+def _board(session: Any, federation_id: uuid.UUID) -> Scoreboard:
+    fed = get_federation(session=session, federation_id=federation_id)
+    return evaluations.scoreboard(
+        session=session, federation_id=fed.id, task_type=TaskType(fed.task_type)
+    )
+
+
 @rounds.get("/federations/{federation_id}/rounds")
 def list_rounds(
     federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
 ) -> ListPublic[RoundPublic]:
-    get_federation(session=session, federation_id=federation_id)
+    """Every round, oldest first, with the federated evaluation of the adapter it published."""
+    board = _board(session, federation_id)
     stmt = sa.select(Round).where(Round.federation_id == federation_id).order_by(Round.number)
-    result: ListPublic[RoundPublic] = _list(session, stmt, p, RoundPublic)
-    return result
+    rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
+    return ListPublic(data=[round_public(r, board) for r in rows], count=count)
 
 
 @rounds.get("/rounds/{round_id}")
 def get_round(round_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin) -> RoundPublic:
-    return RoundPublic.model_validate(
-        get_or_404(session=session, model=Round, object_id=round_id, kind="round")
-    )
+    row = get_or_404(session=session, model=Round, object_id=round_id, kind="round")
+    return round_public(row, _board(session, row.federation_id))
 
 
 @rounds.get("/rounds/{round_id}/tasks")
@@ -140,14 +152,38 @@ def list_ledger(
 def list_adapters(
     federation_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, p: PageDep
 ) -> ListPublic[GlobalAdapterPublic]:
-    get_federation(session=session, federation_id=federation_id)
+    """Every global adapter, oldest first, with its federated evaluation; the best and the
+    latest are marked."""
+    board = _board(session, federation_id)
     stmt = (
         sa.select(GlobalAdapter)
         .where(GlobalAdapter.federation_id == federation_id)
         .order_by(GlobalAdapter.round_number)
     )
-    result: ListPublic[GlobalAdapterPublic] = _list(session, stmt, p, GlobalAdapterPublic)
-    return result
+    rows, count = page(session=session, stmt=stmt, skip=p.skip, limit=p.limit)
+    return ListPublic(data=[adapter_public(r, board) for r in rows], count=count)
+
+
+@adapters.get("/federations/{federation_id}/adapters/{which}")
+def get_best_or_latest_adapter(
+    federation_id: uuid.UUID,
+    which: Literal["best", "latest"],
+    session: SessionDep,
+    admin: CurrentAdmin,
+) -> GlobalAdapterPublic:
+    """The best adapter by federated evaluation, or the latest (the final one once the
+    federation completed); download either with ``/adapters/{adapter_id}/download``."""
+    board = _board(session, federation_id)
+    chosen = board.best if which == "best" else board.latest
+    if chosen is None:
+        raise NotFoundError(
+            f"federation {federation_id} has no evaluated adapter yet: clients score each "
+            "adapter when the next round starts, and the final one in the evaluation pass"
+            if which == "best"
+            else f"federation {federation_id} has no global adapter yet: no round completed"
+        )
+    row = get_or_404(session=session, model=GlobalAdapter, object_id=chosen, kind="adapter")
+    return adapter_public(row, board)
 
 
 @adapters.get("/adapters/{adapter_id}")
@@ -155,7 +191,7 @@ def get_adapter(
     adapter_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
 ) -> GlobalAdapterPublic:
     row = get_or_404(session=session, model=GlobalAdapter, object_id=adapter_id, kind="adapter")
-    return GlobalAdapterPublic.model_validate(row)
+    return adapter_public(row, _board(session, row.federation_id))
 
 
 _ARCHIVES = {"tar": ("application/x-tar", stream_tar), "zip": ("application/zip", stream_zip)}

@@ -141,6 +141,14 @@ class FederationPublic(PublicModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    rounds_completed: int = Field(
+        default=0, description="Training rounds completed (of num_rounds)."
+    )
+    rounds_failed: int = Field(
+        default=0,
+        description="Training rounds that failed and were replaced by a new one; they do not "
+        "count towards num_rounds.",
+    )
 
 
 class MembershipCreate(BaseModel):

@@ -22,6 +22,7 @@ from api.db import (
     FederationStatus,
     Membership,
     Round,
+    RoundKind,
     RoundState,
     Task,
     TaskStatus,
@@ -113,7 +114,14 @@ def _leasable(client_id: uuid.UUID, now: datetime) -> sa.Select[Any]:
             Task.client_id == client_id,
             Round.state == RoundState.OPEN,
             Round.deadline_at > now,
-            Federation.status == FederationStatus.RUNNING,
+            sa.or_(
+                Federation.status == FederationStatus.RUNNING,
+                # the evaluation pass scores the final adapter after the federation completed
+                sa.and_(
+                    Round.kind == RoundKind.EVALUATION,
+                    Federation.status == FederationStatus.COMPLETED,
+                ),
+            ),
             _lease_free(now),
         )
         .order_by(Round.opened_at, Task.id)

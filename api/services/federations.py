@@ -18,6 +18,7 @@ from api.db import (
     Membership,
     PrivacyLedgerEntry,
     Round,
+    RoundKind,
     RoundState,
     Task,
     TaskStatus,
@@ -249,6 +250,25 @@ def epsilon_spent(*, session: Session, federation_id: uuid.UUID) -> dict[uuid.UU
         .group_by(PrivacyLedgerEntry.client_id)
     )
     return {cid: float(total or 0.0) for cid, total in rows}
+
+
+def round_counts(
+    *, session: Session, federation_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, int]]:
+    """Per federation, its training rounds by state: ``{"completed": n, "failed": m, ...}``.
+
+    A failed round is replaced by a new one, so a round's number can exceed ``num_rounds``;
+    these counts are what progress means. The evaluation pass is not a training round.
+    """
+    out: dict[uuid.UUID, dict[str, int]] = {fid: {} for fid in federation_ids}
+    rows = session.execute(
+        sa.select(Round.federation_id, Round.state, sa.func.count())
+        .where(Round.federation_id.in_(federation_ids), Round.kind == RoundKind.TRAINING)
+        .group_by(Round.federation_id, Round.state)
+    )
+    for fid, state, n in rows:
+        out[fid][str(state)] = int(n)
+    return out
 
 
 def highest_trained_rank(fed: Federation) -> int | None:

@@ -12,7 +12,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queue
-from api.db import Federation, FederationStatus, GlobalAdapter, Round, RoundState, Update, utcnow
+from api.db import (
+    Federation,
+    FederationStatus,
+    GlobalAdapter,
+    Round,
+    RoundKind,
+    RoundState,
+    Update,
+    utcnow,
+)
 from api.services.federations import epsilon_spent
 from api.services.round_steps import (
     completed_rounds,
@@ -41,6 +50,7 @@ def publish_round(
     job: JobMetrics | None = None,
     next_number: int | None = None,
     next_plans: Mapping[uuid.UUID, TrainingPlan] | None = None,
+    next_kind: RoundKind = RoundKind.TRAINING,
     enqueue: queue.Enqueuer | None = None,
 ) -> bool:
     """Complete an aggregating round and record its global adapter; commits once.
@@ -50,7 +60,9 @@ def publish_round(
     lineage (``update_ids``, the strategy, epsilon), leftover tasks are dropped, and then the
     federation completes (all rounds done), or round ``next_number`` opens with
     ``next_plans`` (from ``round_to_open(after_round_id=round_id)``), or, without plans, an
-    ``open_round`` job is requested after the commit. Returns ``False`` (nothing changed) if
+    ``open_round`` job is requested after the commit. When this was the last training round,
+    ``next_plans`` of ``next_kind=EVALUATION`` (from ``evaluation_to_open``) open the
+    evaluation pass that scores the final adapter. Returns ``False`` (nothing changed) if
     the round was not aggregating: a duplicate job stops there.
     Raises ``ValueError`` if ``update_ids`` are not accepted updates of this round.
     """
@@ -105,7 +117,7 @@ def publish_round(
             )
         )
         drop_outstanding(session, round_id)
-        _what_next(session, fed, next_number, next_plans, now)
+        _what_next(session, fed, next_number, next_plans, now, next_kind)
         queue.commit_and_flush(session, enqueue)
     except BaseException:
         session.rollback()
@@ -121,13 +133,27 @@ def _what_next(
     next_number: int | None,
     next_plans: Mapping[uuid.UUID, TrainingPlan] | None,
     now: Any,
+    next_kind: RoundKind = RoundKind.TRAINING,
 ) -> None:
     session.flush()
     if completed_rounds(session, fed.id) >= fed.num_rounds:
         if fed.status in (FederationStatus.RUNNING, FederationStatus.PAUSED):
             fed.status = FederationStatus.COMPLETED
             fed.finished_at = now
+        if (
+            next_kind == RoundKind.EVALUATION
+            and next_plans
+            and next_number is not None
+            and fed.status == FederationStatus.COMPLETED
+        ):
+            try:  # the final adapter's score; publishing never fails for want of it
+                with session.begin_nested():
+                    insert_round(session, fed, next_number, next_plans, now, RoundKind.EVALUATION)
+            except (IntegrityError, ValueError) as exc:
+                log.warning("federation %s: no evaluation round (%s)", fed.id, exc)
         return
+    if next_kind == RoundKind.EVALUATION:
+        next_plans = None  # training is not over (a round was added meanwhile): plan it anew
     if fed.status != FederationStatus.RUNNING:
         return  # paused: resume requests the next round; cancelled: nothing more
     if next_plans and next_number is not None and len(next_plans) >= fed.min_clients:

@@ -11,7 +11,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from api import queue
-from api.db import Federation, FederationStatus, Membership, Round, RoundState, Task, TaskStatus
+from api.db import (
+    Federation,
+    FederationStatus,
+    Membership,
+    Round,
+    RoundKind,
+    RoundState,
+    Task,
+    TaskStatus,
+)
 from api.services.round_types import JobMetrics
 from fedlora_client.protocol import TrainingPlan
 from worker.celery_app import OPEN_ROUND
@@ -25,11 +34,16 @@ def rowcount(result: Any) -> int:
 
 
 def completed_rounds(session: Session, federation_id: uuid.UUID) -> int:
+    """Completed training rounds (the evaluation pass after the last one does not count)."""
     return int(
         session.scalar(
             sa.select(sa.func.count())
             .select_from(Round)
-            .where(Round.federation_id == federation_id, Round.state == RoundState.COMPLETED)
+            .where(
+                Round.federation_id == federation_id,
+                Round.state == RoundState.COMPLETED,
+                Round.kind == RoundKind.TRAINING,
+            )
         )
         or 0
     )
@@ -48,11 +62,16 @@ def insert_round(
     number: int,
     plans: Mapping[uuid.UUID, TrainingPlan],
     now: datetime,
+    kind: RoundKind = RoundKind.TRAINING,
 ) -> Round:
-    """Insert round ``number`` and one pending task per plan; flushes (unique number)."""
+    """Insert round ``number`` and one pending task per plan; flushes (unique number).
+
+    An evaluation round (``kind``) needs one plan, not ``min_clients``: every report counts.
+    """
     plans_by_client = {uuid.UUID(str(k)): v for k, v in plans.items()}
-    if len(plans_by_client) < fed.min_clients:
-        raise ValueError(f"{len(plans_by_client)} plans given but min_clients is {fed.min_clients}")
+    fewest = 1 if kind == RoundKind.EVALUATION else fed.min_clients
+    if len(plans_by_client) < fewest:
+        raise ValueError(f"{len(plans_by_client)} plans given but min_clients is {fewest}")
     members = set(
         session.scalars(
             sa.select(Membership.client_id).where(
@@ -68,8 +87,9 @@ def insert_round(
     rnd = Round(
         federation_id=fed.id,
         number=number,
+        kind=kind,
         state=RoundState.OPEN,
-        min_updates=min(fed.min_clients, len(plans_by_client)),
+        min_updates=min(fewest, len(plans_by_client)),
         opened_at=now,
         deadline_at=now + timedelta(seconds=fed.round_deadline_seconds),
     )

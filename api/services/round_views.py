@@ -58,10 +58,13 @@ def previous_adapter(*, session: Session, federation_id: uuid.UUID) -> PreviousA
     )
 
 
-def eligible_members(*, session: Session, federation: Federation) -> list[Member]:
-    """Active, unrevoked members whose fingerprint matches and whose epsilon is under budget."""
+def eligible_members(
+    *, session: Session, federation: Federation, within_budget: bool = True
+) -> list[Member]:
+    """Active, unrevoked members whose fingerprint matches and whose epsilon is under budget
+    (``within_budget=False``: whatever they spent, e.g. to evaluate, which spends none)."""
     dp = DPSettings.model_validate(federation.dp)
-    budget = float("inf") if dp.mode == "none" else dp.epsilon_budget
+    budget = float("inf") if dp.mode == "none" or not within_budget else dp.epsilon_budget
     spent = epsilon_spent(session=session, federation_id=federation.id)
     rows = session.execute(
         sa.select(Membership, Client)

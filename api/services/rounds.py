@@ -42,6 +42,7 @@ from api.db import (
     Federation,
     FederationStatus,
     Round,
+    RoundKind,
     RoundState,
     Task,
     TaskStatus,
@@ -127,6 +128,45 @@ def round_to_open(
     )
 
 
+def evaluation_to_open(
+    *, session: Session, federation_id: uuid.UUID, after_round_id: uuid.UUID
+) -> RoundToOpen | None:
+    """The evaluation pass to plan when ``after_round_id`` (being aggregated) is the
+    federation's last training round; ``None`` otherwise. Read-only.
+
+    Its participants are every member that can evaluate (active, fingerprint matching, not
+    revoked), whatever epsilon it spent: evaluating spends none. The worker plans them with
+    ``evaluate_only`` plans naming the final adapter and hands them to
+    ``publish_round(next_kind=RoundKind.EVALUATION, ...)``.
+    """
+    fed = session.get(Federation, federation_id)
+    rnd = session.get(Round, after_round_id)
+    if fed is None or fed.status not in (FederationStatus.RUNNING, FederationStatus.PAUSED):
+        return None
+    if rnd is None or rnd.kind != RoundKind.TRAINING or rnd.state != RoundState.AGGREGATING:
+        return None
+    if completed_rounds(session, fed.id) + 1 < fed.num_rounds:
+        return None
+    evaluated = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Round)
+        .where(Round.federation_id == fed.id, Round.kind == RoundKind.EVALUATION)
+    )
+    members = eligible_members(session=session, federation=fed, within_budget=False)
+    if evaluated or not members:
+        return None
+    number = next_number(session, fed.id)
+    return RoundToOpen(
+        federation=federation_config(fed),
+        number=number,
+        completed_rounds=fed.num_rounds,
+        eligible=members,
+        selected=members,
+        previous=previous_adapter(session=session, federation_id=fed.id),
+        seed=round_seed(fed.id, number),
+    )
+
+
 def open_round(
     *,
     session: Session,
@@ -188,6 +228,8 @@ def maybe_close_round(
         state = rnd.state if rnd else None
         session.rollback()
         return state
+    if rnd.kind == RoundKind.EVALUATION:
+        return _close_evaluation(session, rnd, now, enqueue)
     updates = _count(session, sa.select(Update.id).where(Update.round_id == round_id))
     outstanding = _count(
         session, sa.select(Task.id).where(Task.round_id == round_id, Task.status.in_(OUTSTANDING))
@@ -217,6 +259,47 @@ def maybe_close_round(
             return RoundState.FAILED
     session.rollback()
     return session.scalar(sa.select(Round.state).where(Round.id == round_id))
+
+
+def _close_evaluation(
+    session: Session, rnd: Round, now: datetime, enqueue: queue.Enqueuer | None
+) -> str:
+    """An evaluation round ends when no task is outstanding or at its deadline: completed if
+    any member reported (its reports are the final adapter's score), else failed. Nothing is
+    aggregated and no round follows it."""
+    outstanding = _count(
+        session, sa.select(Task.id).where(Task.round_id == rnd.id, Task.status.in_(OUTSTANDING))
+    )
+    if outstanding and now < rnd.deadline_at:
+        session.rollback()
+        return RoundState.OPEN
+    reported = _count(
+        session,
+        sa.select(Task.id).where(Task.round_id == rnd.id, Task.status == TaskStatus.REPORTED),
+    )
+    values: dict[str, Any] = (
+        {"state": RoundState.COMPLETED, "completed_at": now}
+        if reported
+        else {
+            "state": RoundState.FAILED,
+            "failed_at": now,
+            "failure_reason": "no member evaluated the final adapter before the deadline; "
+            "it stays unscored",
+        }
+    )
+    res = session.execute(
+        sa.update(Round)
+        .where(Round.id == rnd.id, Round.state == RoundState.OPEN)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(res) != 1:
+        session.rollback()
+        return str(session.scalar(sa.select(Round.state).where(Round.id == rnd.id)))
+    drop_outstanding(session, rnd.id)
+    queue.commit_and_flush(session, enqueue)
+    log.info("evaluation round %s: %s with %d report(s)", rnd.id, values["state"], reported)
+    return str(values["state"])
 
 
 def claim_aggregation(
@@ -382,6 +465,7 @@ __all__ = [
     "aggregation_inputs",
     "claim_aggregation",
     "eligible_members",
+    "evaluation_to_open",
     "fail_round",
     "maybe_close_round",
     "open_round",

@@ -8,6 +8,7 @@ with the private module as the plan says), :meth:`train` and :meth:`submit_model
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from pathlib import Path
@@ -44,6 +45,9 @@ from fedlora_client._privacy import privatize_update, resolve_noise_multiplier, 
 from fedlora_client._training import RoundResult, evaluate, num_labels_of, train_round
 
 log = logging.getLogger("fedlora_client")
+
+BASE_CACHE_BYTES = 2 << 30
+"""Base models up to this size stay in memory between tasks (see ``Participant.base_model``)."""
 
 
 def _num_labels(spec: p.ModelSpec) -> int:
@@ -83,6 +87,7 @@ class Participant:
         self.eval_data = eval_data
         self.ledger = PrivacyLedger(client.state_dir / "privacy_ledger.json")
         self._fingerprint: str | None = None
+        self._base_cache: dict[tuple[str, int, str], Any] = {}
         self._encoded: dict[tuple[str, int, bool], EncodedData] = {}
         self._server_spent: dict[str, float] = {}
         self._ready: set[tuple[str, int] | None] = set()
@@ -151,6 +156,26 @@ class Participant:
     def _private_path(self, task: p.TaskAssignment) -> Path:
         return self.client.state_dir / "private" / f"{task.federation_id}.safetensors"
 
+    def base_model(self, plan: p.TrainingPlan) -> Any:
+        """A fresh copy of the local base model for ``plan`` (the PEFT wrapping changes it).
+
+        Loaded from disk once and copied in memory for later tasks while it is small enough
+        (``BASE_CACHE_BYTES``): a long-running participant then pays the load once, not once
+        per round. Larger models are read from disk each time, to keep one copy in memory.
+        """
+        key = (plan.task_type.value, num_labels_of(plan), self.device)
+        cached = self._base_cache.get(key)
+        if cached is not None:
+            return copy.deepcopy(cached)
+        model = load_base_model(
+            self.model_path, plan.task_type, num_labels=num_labels_of(plan), device=self.device
+        )
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        if size <= BASE_CACHE_BYTES:
+            self._base_cache = {key: model}
+            return copy.deepcopy(model)
+        return model
+
     def start_model(self, task: p.TaskAssignment) -> Any:
         """The PEFT model the plan trains: base (+ FLoRA merge) + start LoRA (+ private LoRA)."""
         plan = task.plan
@@ -160,9 +185,7 @@ class Participant:
         merge = self._artifact(task, "merge", plan.merge) if plan.merge is not None else None
         private_path = self._private_path(task)
         private = load_file(str(private_path)) if private_path.is_file() else None
-        base = load_base_model(
-            self.model_path, plan.task_type, num_labels=num_labels_of(plan), device=self.device
-        )
+        base = self.base_model(plan)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(plan.seed)  # fresh private init is reproducible per plan
             model = build_peft_model(base, plan, start, merge=merge, private=private)

@@ -77,6 +77,10 @@ class Routes:
     """POST :class:`TaskReport` (evaluation metrics after upload; optional)."""
     RELEASE = f"{API_PREFIX}/client/tasks/{{task_id}}/release"
     """POST :class:`TaskRelease`: give a task back that this client cannot train, with why."""
+    GLOBAL_ADAPTER = f"{API_PREFIX}/client/tasks/{{task_id}}/global-adapter"
+    """GET the published global adapter the plan names (``plan.global_adapter``), to evaluate."""
+    EVALUATION = f"{API_PREFIX}/client/tasks/{{task_id}}/evaluation"
+    """POST :class:`GlobalEvaluation`: the global adapter's loss (and accuracy) on local data."""
 
 
 # --------------------------------------------------------------------------- enums
@@ -380,6 +384,18 @@ class TrainingPlan(BaseModel):
     training: LocalTraining
     dp: DPPlan
     seed: int = Field(ge=0, description="Seed for local sampling and noise.")
+    global_adapter: ArtifactRef | None = Field(
+        default=None,
+        description="Federated evaluation: the latest published global adapter (PEFT keys, "
+        "with the head), at its own rank and scale. The client evaluates base + this adapter "
+        "on its evaluation split before training and posts a GlobalEvaluation. None in round "
+        "1 (nothing is published yet).",
+    )
+    evaluate_only: bool = Field(
+        default=False,
+        description="The evaluation pass after the last round: evaluate `global_adapter` and "
+        "post the result; train nothing, upload nothing, spend no epsilon.",
+    )
 
     @model_validator(mode="after")
     def _tail_within_rank(self) -> TrainingPlan:
@@ -388,6 +404,8 @@ class TrainingPlan(BaseModel):
                 f"tail_penalty.keep ({self.tail_penalty.keep}) must be below lora.rank "
                 f"({self.lora.rank})"
             )
+        if self.evaluate_only and self.global_adapter is None:
+            raise ValueError("an evaluate_only plan must name the global_adapter to evaluate")
         return self
 
     def upload_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -481,6 +499,28 @@ class TaskReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class GlobalEvaluation(BaseModel):
+    """A client's evaluation of the global adapter its task names, on its own evaluation split.
+
+    Sent in the clear: evaluation metrics are not covered by the DP guarantee. The server
+    aggregates them over clients, weighted by ``num_examples``, into the adapter's federated
+    score.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="sha256 of the adapter evaluated (the plan's)."
+    )
+    num_examples: int = Field(ge=1, le=100_000_000, description="Evaluation examples.")
+    loss: float = Field(
+        ge=0, allow_inf_nan=False, description="Mean loss (causal LM: of per-token mean losses)."
+    )
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False, description="Classification only."
+    )
 
 
 class TaskRelease(BaseModel):
