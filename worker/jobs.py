@@ -87,7 +87,12 @@ def open_round(rt: Runtime, federation_id: str) -> str | None:
     if todo is None:
         return None
     fed = todo.federation
-    strategy = get_strategy(fed.strategy, fed.strategy_params, device=rt.settings.device)
+    strategy = get_strategy(
+        fed.strategy,
+        fed.strategy_params,
+        device=rt.settings.device,
+        server_optimizer=fed.server_optimizer,
+    )
     ctx = federation_context(fed, todo.number, todo.seed, todo.selected)
     state = load_state(rt.store, todo.previous) or strategy.init_state(ctx)
     plans = make_plans(rt.store, strategy, state, ctx, fed, published_ref(rt.store, todo.previous))
@@ -176,7 +181,12 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
             seed=rounds.round_seed(inputs.federation.federation_id, inputs.round_number),
         )
     fed = inputs.federation
-    strategy = get_strategy(fed.strategy, fed.strategy_params, device=rt.settings.device)
+    strategy = get_strategy(
+        fed.strategy,
+        fed.strategy_params,
+        device=rt.settings.device,
+        server_optimizer=fed.server_optimizer,
+    )
     device = str(strategy.device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -34,6 +34,7 @@ class Federation(IdMixin, CreatedMixin, Base):
     target_modules: Mapped[list[Any]]
     strategy: Mapped[str] = mapped_column(sa.String(32))
     strategy_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    server_optimizer: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     global_rank: Mapped[int]
     num_rounds: Mapped[int]
     clients_per_round: Mapped[int]

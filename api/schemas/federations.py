@@ -25,6 +25,7 @@ from fedlora_client.protocol import (
     TaskType,
     is_safe_tensor_name,
 )
+from worker.strategies.params import ServerOptimizerParams, resolve_server_optimizer
 
 
 def check_strategy(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +57,11 @@ class FederationCreate(BaseModel):
     target_modules: list[str] = Field(min_length=1, description="PEFT target_modules names.")
     strategy: str = Field(description=f"One of: {', '.join(STRATEGY_NAMES)}.")
     strategy_params: dict[str, Any] = Field(default_factory=dict)
+    server_optimizer: ServerOptimizerParams | None = Field(
+        default=None,
+        description="Server optimizer around the strategy (FedAvgM, FedAdam, FedYogi); empty "
+        "takes the platform's default for the strategy.",
+    )
     global_rank: int = Field(ge=1, le=4096, description="Rank of the global adapter.")
     num_rounds: int = Field(ge=1, le=100_000)
     clients_per_round: int = Field(ge=1, le=100_000)
@@ -99,6 +105,7 @@ class FederationCreate(BaseModel):
                 f"({self.clients_per_round}); lower min_clients or raise clients_per_round"
             )
         self.strategy_params = check_strategy(self.strategy, self.strategy_params)
+        self.server_optimizer = resolve_server_optimizer(self.strategy, self.server_optimizer)
         return self
 
 
@@ -110,6 +117,7 @@ class FederationUpdate(BaseModel):
     name: NameStr | None = None
     description: str | None = Field(default=None, max_length=2048)
     strategy_params: dict[str, Any] | None = None
+    server_optimizer: ServerOptimizerParams | None = None
     global_rank: int | None = Field(default=None, ge=1, le=4096)
     num_rounds: int | None = Field(default=None, ge=1, le=100_000)
     clients_per_round: int | None = Field(default=None, ge=1, le=100_000)
@@ -129,6 +137,7 @@ class FederationPublic(PublicModel):
     target_modules: list[str]
     strategy: str
     strategy_params: dict[str, Any]
+    server_optimizer: ServerOptimizerParams
     global_rank: int
     num_rounds: int
     clients_per_round: int

@@ -35,6 +35,7 @@ from api.schemas.federations import (
 from api.services.common import audit, get_or_404
 from fedlora_client.protocol import DPSettings, LocalTraining
 from worker.celery_app import OPEN_ROUND
+from worker.strategies.params import resolve_server_optimizer
 
 S = FederationStatus
 DRAFT_ONLY = frozenset(FederationUpdate.model_fields) - {"name", "description"}
@@ -54,6 +55,9 @@ def create_federation(*, session: Session, admin: Admin, body: FederationCreate)
         target_modules=list(body.target_modules),
         strategy=body.strategy,
         strategy_params=body.strategy_params,
+        server_optimizer=resolve_server_optimizer(body.strategy, body.server_optimizer).model_dump(
+            mode="json"
+        ),
         global_rank=body.global_rank,
         num_rounds=body.num_rounds,
         clients_per_round=body.clients_per_round,
@@ -95,6 +99,13 @@ def update_federation(
     if "strategy_params" in changes:
         try:
             changes["strategy_params"] = check_strategy(fed.strategy, changes["strategy_params"])
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+    if "server_optimizer" in changes:
+        try:
+            changes["server_optimizer"] = resolve_server_optimizer(
+                fed.strategy, changes["server_optimizer"]
+            ).model_dump(mode="json")
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
     per_round = changes.get("clients_per_round", fed.clients_per_round)

@@ -39,6 +39,7 @@ class FederationConfig:
     name: str
     strategy: str
     strategy_params: dict[str, Any]
+    server_optimizer: dict[str, Any]
     task_type: TaskType
     base_model_id: str
     model: ModelSpec

@@ -25,6 +25,7 @@ def federation_config(fed: Federation) -> FederationConfig:
         name=fed.name,
         strategy=fed.strategy,
         strategy_params=dict(fed.strategy_params),
+        server_optimizer=dict(fed.server_optimizer),
         task_type=TaskType(fed.task_type),
         base_model_id=fed.base_model_id,
         model=ModelSpec.model_validate(fed.model_spec),

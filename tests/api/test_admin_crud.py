@@ -138,6 +138,29 @@ def test_a_seq_cls_federation_without_its_head_is_refused_with_the_fix(
     assert api.post(f"{V1}/federations", json=cls, headers=admin_headers).status_code == 201
 
 
+def test_server_optimizer_is_stored_resolved_and_checked_against_the_strategy(
+    api: TestClient, admin_headers: dict[str, str]
+) -> None:
+    url = f"{V1}/federations"
+    chosen = {"name": "momentum", "momentum": 0.5, "lr": 1.0}
+    r = api.post(url, json=federation_body(server_optimizer=chosen), headers=admin_headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["server_optimizer"] | chosen == r.json()["server_optimizer"]
+    # none named: the platform's default for the strategy (FLoRA takes none at all)
+    flora = federation_body(name="flora", strategy="flora")
+    r = api.post(url, json=flora, headers=admin_headers)
+    assert r.json()["server_optimizer"]["name"] == "none"
+    bad = federation_body(name="x", strategy="flexlora", server_optimizer={"name": "adam"})
+    r = api.post(url, json=bad, headers=admin_headers)
+    assert r.status_code == 422
+    assert "use 'momentum' or 'none'" in r.text
+    fed = api.post(url, json=federation_body(name="y"), headers=admin_headers).json()
+    r = api.patch(f"{url}/{fed['id']}", json={"server_optimizer": {"name": "yogi", "lr": 0.01}},
+                  headers=admin_headers)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["server_optimizer"]["name"] == "yogi"
+
+
 def test_federation_lifecycle_and_draft_only_fields(
     api: TestClient, admin_headers: dict[str, str]
 ) -> None:

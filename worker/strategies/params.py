@@ -240,6 +240,9 @@ class ServerOptimizerParams(StrategyParams):
         description="Server learning rate over the rounds: 'constant', or 'cosine' (decay "
         "to 10% of lr at the last round, the client schedule's rule).",
     )
+    warmup_rounds: int = Field(
+        default=0, ge=0, le=10_000, description="Rounds of linear warm-up of the server rate."
+    )
     tau: float = Field(
         default=1e-8,
         gt=0.0,

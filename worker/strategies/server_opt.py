@@ -96,6 +96,7 @@ class ServerOptimized(Strategy):
             self.opt.lr_schedule,
             round_number=ctx.round_number,
             total_rounds=max(1, ctx.total_rounds),
+            warmup_rounds=self.opt.warmup_rounds,
         )
         buffers: dict[str, Tensor] = {}
         published = dict(proposed.adapter)
