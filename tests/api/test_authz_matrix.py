@@ -21,8 +21,9 @@ from tests.api.factories import FINGERPRINT, adapter_bytes, manifest_for
 from tests.api.world import World, build_world, open_next_round, start
 
 PUBLIC = {"system-healthz", "system-readyz", "system-workers_health", "auth-login", "client-enroll"}
-# A plan without a merge adapter answers 404 to its own client (only FLoRA plans have one).
-OWN_404_BY_DESIGN = {"client-download_merge_adapter"}
+# A plan without a merge adapter answers 404 to its own client (only FLoRA plans have one), and
+# a round-1 plan names no global adapter to evaluate.
+OWN_404_BY_DESIGN = {"client-download_merge_adapter", "client-download_global_adapter"}
 NOT_AUTHORIZED = {401, 403}
 
 
@@ -87,6 +88,8 @@ def _call(
         kwargs["json"] = {"metrics": {}}
     elif op == "client-release_task":
         kwargs["json"] = {"reason": "the matrix releases it"}
+    elif op == "client-report_evaluation":
+        kwargs["json"] = {"adapter_sha256": "a" * 64, "num_examples": 1, "loss": 0.5}
     elif op == "client-report_hardware":
         kwargs["json"] = {"accelerator": "cpu", "memory_gb": 1}
     elif op == "client-create_upload":
