@@ -195,6 +195,11 @@ class FedloraClient:
             self.http.request("POST", p.Routes.RELEASE.format(task_id=task_id), json=body)
         self.forget_task(task_id)
 
+    def report_evaluation(self, task_id: str, evaluation: p.GlobalEvaluation) -> None:
+        """Send this client's evaluation of the global adapter ``task_id`` names."""
+        url = p.Routes.EVALUATION.format(task_id=task_id)
+        self.http.request("POST", url, json=evaluation.model_dump(mode="json"))
+
     def report(self, task_id: str, metrics: dict[str, float]) -> None:
         body = p.TaskReport(metrics=metrics).model_dump(mode="json")
         self.http.request("POST", p.Routes.REPORT.format(task_id=task_id), json=body)
@@ -202,10 +207,18 @@ class FedloraClient:
     # ------------------------------------------------------------------ downloads
 
     def download(
-        self, task_id: str, kind: Literal["start", "merge"], ref: p.ArtifactRef, dest: Path
+        self,
+        task_id: str,
+        kind: Literal["start", "merge", "global"],
+        ref: p.ArtifactRef,
+        dest: Path,
     ) -> Path:
         """Stream an artifact to ``dest``; raise :class:`ArtifactIntegrityError` on a bad hash."""
-        route = p.Routes.START_ADAPTER if kind == "start" else p.Routes.MERGE_ADAPTER
+        route = {
+            "start": p.Routes.START_ADAPTER,
+            "merge": p.Routes.MERGE_ADAPTER,
+            "global": p.Routes.GLOBAL_ADAPTER,
+        }[kind]
         url = route.format(task_id=task_id)
         retrying = Retrying(
             stop=stop_after_attempt(self.http.retry.attempts),

@@ -11,6 +11,7 @@ Example::
 
     [data]
     path = "train.jsonl"                  # .jsonl, .csv or .tsv
+    # eval_path = "dev.jsonl"             # else 10% of path is held out (eval_fraction)
     text_field = "text"
     label_field = "label"
 
@@ -49,7 +50,16 @@ class DataSection(BaseModel):
     path: Path = Field(description="Training data: .jsonl, .csv or .tsv.")
     eval_path: Path | None = Field(
         default=None, description="Optional local evaluation data, same columns; metrics are "
-        "reported in the clear (not covered by DP).",
+        "reported in the clear (not covered by DP). Without it, eval_fraction of the data "
+        "file is held out for evaluation and never trained on.",
+    )  # fmt: skip
+    eval_fraction: float = Field(
+        default=0.1, ge=0, le=0.5, description="Without eval_path: the share of the data file "
+        "held out (by a hash of each row, the same rows every round) to evaluate the global "
+        "model on; 0 holds out nothing (and reports no federated evaluation).",
+    )  # fmt: skip
+    eval_max_examples: int = Field(
+        default=1000, ge=1, le=1_000_000, description="At most this many held-out rows.",
     )  # fmt: skip
     text_field: str = Field(default="text", description="Column with the input text.")
     label_field: str = Field(default="label", description="Column with the class label.")

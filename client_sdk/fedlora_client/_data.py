@@ -9,6 +9,7 @@ column (the loss covers every token). Column names are configurable.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,47 @@ def _label_ids(raw: Iterable[Any], names: list[str] | None, num_labels: int, src
     return ids
 
 
+HOLDOUT_SALT = b"fedlora-holdout-v1\n"
+
+
+def holdout_split(
+    records: Sequence[Mapping[str, Any]],
+    fraction: float,
+    *,
+    max_examples: int,
+    min_examples: int,
+) -> tuple[list[int], list[int]]:
+    """(training rows, held-out evaluation rows) of ``records``, by row index.
+
+    Each row's side is decided by its own content alone: it is held out when the sha256 of its
+    JSON (sorted keys), read as a number in [0, 1), is below ``fraction``; if that holds out
+    more than ``max_examples`` rows, the ones with the lowest hashes are kept. So about
+    ``fraction`` of the rows are held out, the same ones every round and on every restart;
+    reordering or appending rows moves no row to the other side (until the cap is reached);
+    and duplicate rows land on the same side, so an exact copy of an evaluation row is never
+    trained on. Fewer than ``min_examples`` held-out rows would say nothing: then nothing is
+    held out.
+    """
+    if fraction <= 0:
+        return list(range(len(records))), []
+    digests = [
+        hashlib.sha256(HOLDOUT_SALT + json.dumps(r, sort_keys=True, default=str).encode()).digest()
+        for r in records
+    ]
+    bar = int(fraction * 2**64)
+    candidates = sorted(
+        (i for i, d in enumerate(digests) if int.from_bytes(d[:8], "big") < bar),
+        key=lambda i: digests[i],
+    )
+    if len(candidates) > max_examples:
+        cut = digests[candidates[max_examples - 1]]  # duplicates of the last one come along
+        candidates = [i for i in candidates if digests[i] <= cut]
+    if len(candidates) < min_examples:
+        return list(range(len(records))), []
+    held = set(candidates)
+    return [i for i in range(len(records)) if i not in held], sorted(held)
+
+
 def check_data(
     source: DataSource,
     task_type: TaskType | str,
@@ -182,11 +224,15 @@ def encode_data(
     max_seq_len: int,
     fields: DataFields | None = None,
     num_labels: int = 2,
+    rows: Sequence[int] | None = None,
 ) -> EncodedData:
-    """Read ``source`` and tokenise it for ``task_type`` (truncating to ``max_seq_len``)."""
+    """Read ``source`` and tokenise it for ``task_type`` (truncating to ``max_seq_len``);
+    only the records at ``rows`` (0-based), when given (see :func:`holdout_split`)."""
     fields = fields or DataFields()
     task = TaskType(task_type)
     records, columns, src = load_records(source)
+    if rows is not None:
+        records = [records[i] for i in rows]
     if not records:
         raise DataError(f"{src}: no examples")
     if task is TaskType.SEQ_CLS:

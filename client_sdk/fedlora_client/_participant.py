@@ -27,6 +27,7 @@ from fedlora_client._data import (
     EncodedData,
     check_data,
     encode_data,
+    holdout_split,
     load_records,
 )
 from fedlora_client._errors import (
@@ -48,6 +49,13 @@ log = logging.getLogger("fedlora_client")
 
 BASE_CACHE_BYTES = 2 << 30
 """Base models up to this size stay in memory between tasks (see ``Participant.base_model``)."""
+
+EVAL_FRACTION = 0.1
+"""Share of the data file held out for evaluation when no eval_path is given."""
+EVAL_MAX_EXAMPLES = 1000
+"""At most this many held-out rows (evaluation runs every round)."""
+EVAL_MIN_EXAMPLES = 5
+"""Fewer held-out rows than this would say nothing: then nothing is held out."""
 
 
 def _num_labels(spec: p.ModelSpec) -> int:
@@ -74,6 +82,8 @@ class Participant:
         progress: bool = True,
         noise_seed: int | None = None,
         eval_data: DataSource | None = None,
+        eval_fraction: float = EVAL_FRACTION,
+        eval_max_examples: int = EVAL_MAX_EXAMPLES,
     ) -> None:
         self.client = client
         self.model_path = Path(model_path)
@@ -85,6 +95,9 @@ class Participant:
         self.progress = progress
         self.noise_seed = noise_seed
         self.eval_data = eval_data
+        self.eval_fraction = eval_fraction
+        self.eval_max_examples = eval_max_examples
+        self._split: tuple[list[int], list[int]] | None = None
         self.ledger = PrivacyLedger(client.state_dir / "privacy_ledger.json")
         self._fingerprint: str | None = None
         self._base_cache: dict[tuple[str, int, str], Any] = {}
@@ -192,19 +205,94 @@ class Participant:
         model.fedlora_start = adapter_tensors(model, TRAINED)  # for submit_model's update
         return model
 
+    def holdout(self) -> tuple[list[int], list[int]] | None:
+        """(training rows, evaluation rows) of the data file when no ``eval_data`` is given:
+        a seeded, content-hashed ``eval_fraction`` of it (at most ``eval_max_examples``), held
+        out every round and never trained on (:func:`holdout_split`). None: nothing held out
+        (``eval_data`` given, ``eval_fraction`` 0, or too little data for a useful split)."""
+        if self.eval_data is not None or self.eval_fraction <= 0:
+            return None
+        if self._split is None:
+            records, _, src = load_records(self.data)
+            self._split = holdout_split(
+                records,
+                self.eval_fraction,
+                max_examples=self.eval_max_examples,
+                min_examples=EVAL_MIN_EXAMPLES,
+            )
+            if not self._split[1]:
+                log.warning(
+                    "%s: %d rows are too few to hold out %d for evaluation; set data.eval_path "
+                    "to report federated evaluation",
+                    src, len(records), EVAL_MIN_EXAMPLES,
+                )  # fmt: skip
+        return self._split if self._split[1] else None
+
     def encoded_data(self, plan: p.TrainingPlan, *, eval_set: bool = False) -> EncodedData:
+        """The training data (without the held-out rows), or the evaluation split."""
         key = (plan.task_type.value, plan.training.max_seq_len, eval_set)
         if key not in self._encoded:
             tokenizer = load_tokenizer(self.model_path)
+            split = self.holdout()
+            explicit = eval_set and self.eval_data is not None
             self._encoded[key] = encode_data(
-                self.eval_data if eval_set else self.data,
+                self.eval_data if explicit else self.data,
                 plan.task_type,
                 tokenizer,
                 max_seq_len=plan.training.max_seq_len,
                 fields=self.fields,
                 num_labels=num_labels_of(plan),
+                rows=None if explicit or split is None else split[1 if eval_set else 0],
             )
         return self._encoded[key]
+
+    def evaluation_data(self, plan: p.TrainingPlan) -> EncodedData | None:
+        """The evaluation split (``eval_data``, else the held-out rows); None if there is none."""
+        if self.eval_data is None and self.holdout() is None:
+            return None
+        return self.encoded_data(plan, eval_set=True)
+
+    # ------------------------------------------------------------------ federated evaluation
+
+    def global_model(self, task: p.TaskAssignment) -> Any | None:
+        """The federation's current model: base + the published global adapter the plan names
+        (at that adapter's own rank, with its head), or None when it names none (round 1).
+
+        Not the start of this round's training, which for most strategies is a truncation or
+        a slice of the global adapter to this client's rank."""
+        plan, ref = task.plan, task.plan.global_adapter
+        if ref is None:
+            return None
+        if plan.model.fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(self.fingerprint, plan.model.fingerprint)
+        tensors = self._artifact(task, "global", ref)
+        base = self.base_model(plan)
+        as_published = plan.model_copy(
+            update={
+                "lora": ref.lora, "start": ref, "merge": None, "private": None,
+                "nested_truncations": [], "sketch": None, "tail_penalty": None,
+            }
+        )  # fmt: skip
+        return build_peft_model(base, as_published, tensors)
+
+    def evaluate_global(self, task: p.TaskAssignment) -> p.GlobalEvaluation | None:
+        """Evaluate the global adapter the task names on this client's evaluation split.
+
+        None when the plan names no adapter (round 1) or there is no evaluation split. The
+        metrics go to the server in the clear: they are not covered by the DP guarantee."""
+        ref = task.plan.global_adapter
+        data = self.evaluation_data(task.plan) if ref is not None else None
+        if ref is None or data is None:
+            return None
+        model = self.global_model(task)
+        metrics = evaluate(model, data)
+        del model
+        return p.GlobalEvaluation(
+            adapter_sha256=ref.sha256,
+            num_examples=len(data),
+            loss=metrics["eval_loss"],
+            accuracy=metrics.get("eval_accuracy"),
+        )
 
     # ------------------------------------------------------------------ privacy budget
 

@@ -49,6 +49,8 @@ class FakeServer:
     by_key: dict[str, str] = field(default_factory=dict)
     accepted: dict[str, bytes] = field(default_factory=dict)
     reports: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluations: dict[str, p.GlobalEvaluation] = field(default_factory=dict)
+    released: dict[str, str] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     faults: list[tuple[str, str, Any]] = field(default_factory=list)
@@ -114,9 +116,9 @@ class FakeServer:
             task = self.tasks.pop(0)
             self.issued[task.task_id] = task
             return httpx.Response(200, json=task.model_dump(mode="json"))
-        if m := re.fullmatch(rf"{prefix}/client/tasks/([^/]+)/(start|merge)-adapter", path):
+        if m := re.fullmatch(rf"{prefix}/client/tasks/([^/]+)/(start|merge|global)-adapter", path):
             plan = self.issued[m[1]].plan
-            ref = plan.start if m[2] == "start" else plan.merge
+            ref = {"start": plan.start, "merge": plan.merge, "global": plan.global_adapter}[m[2]]
             assert ref is not None
             body = self.artifacts[ref.sha256]
             return httpx.Response(200, content=body, headers={p.CONTENT_SHA256_HEADER: ref.sha256})
@@ -124,6 +126,12 @@ class FakeServer:
             return self._open_upload(m[1], request)
         if m := re.fullmatch(rf"{prefix}/client/uploads/([^/]+)", path):
             return self._upload_chunk(self.uploads[m[1]], request)
+        if m := re.fullmatch(rf"{prefix}/client/tasks/([^/]+)/evaluation", path):
+            self.evaluations[m[1]] = p.GlobalEvaluation.model_validate_json(request.content)
+            return httpx.Response(200, json={"task_id": m[1], "status": "leased"})
+        if m := re.fullmatch(rf"{prefix}/client/tasks/([^/]+)/release", path):
+            self.released[m[1]] = json.loads(request.content)["reason"]
+            return httpx.Response(200, json={"task_id": m[1], "status": "released"})
         if m := re.fullmatch(rf"{prefix}/client/tasks/([^/]+)/report", path):
             self.reports[m[1]] = json.loads(request.content)["metrics"]
             return httpx.Response(204)
