@@ -430,8 +430,9 @@ def federation_watch(
 ) -> None:
     """Live table of rounds: state, participants, train loss, ε, evaluation metrics.
 
-    Stops when the federation completes or is cancelled (Ctrl-C stops watching only). When the
-    output is not a terminal (a log file, a pipe), each change is printed as a new table.
+    Stops when the federation completes (and its final adapter's evaluation pass ends) or is
+    cancelled (Ctrl-C stops watching only). When the output is not a terminal (a log file, a
+    pipe), each change is printed as a new table.
     """
     from rich.live import Live
 
@@ -443,10 +444,13 @@ def federation_watch(
 
         def snapshot() -> tuple[Any, str, bool]:
             fed = admin.federation(fid)
-            tasks = admin.tasks(fid)
-            rows = round_rows(admin.rounds(fid), tasks, admin.updates(fid), admin.adapters(fid))
+            tasks, rounds = admin.tasks(fid), admin.rounds(fid)
+            rows = round_rows(rounds, tasks, admin.updates(fid), admin.adapters(fid))
             key = repr((fed["status"], rows, [(t["id"], t["status"]) for t in tasks]))
-            return render(fed, rows, tasks, names), key, fed["status"] in FINAL_STATUSES
+            # a completed federation may still be scoring its final adapter (evaluation pass)
+            running = any(r["state"] in ("open", "aggregating") for r in rounds)
+            finished = fed["status"] in FINAL_STATUSES and not running
+            return render(fed, rows, tasks, names), key, finished
 
         view, key, finished = snapshot()
         if once or finished:
@@ -534,18 +538,32 @@ def adapter_list(
     federation: str = typer.Argument(..., help="Federation id or name."),
     url: str | None = URL_OPTION,
 ) -> None:
-    """List a federation's global adapters."""
+    """List a federation's global adapters with their federated evaluation; the best (by
+    federated validation) and the latest (the final one) are marked."""
     with _client(url) as admin:
         adapters = admin.adapters(_federation_id(admin, federation))
-    table = _table("round", "adapter id", "strategy", "ε", "metrics", "created")
+    table = _table("round", "", "adapter id", "federated eval", "strategy", "ε", "metrics",
+                   "created")  # fmt: skip
     for a in adapters:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(a.get("metrics", {}).items())
                             if isinstance(v, int | float))  # fmt: skip
+        marks = " ".join(m for m, on in (("best", a.get("is_best")), ("latest", a.get("is_latest")))
+                         if on)  # fmt: skip
         table.add_row(
-            str(a["round_number"]), str(a["id"]), str(a["strategy"]),
-            f"{float(a.get('epsilon') or 0):.4g}", metrics or "—", _when(a["created_at"]),
+            str(a["round_number"]), marks, str(a["id"]), _evaluation(a.get("evaluation")),
+            str(a["strategy"]), f"{float(a.get('epsilon') or 0):.4g}", metrics or "—",
+            _when(a["created_at"]),
         )  # fmt: skip
     out.print(table)
+
+
+def _evaluation(score: dict[str, Any] | None) -> str:
+    """'accuracy=0.81 loss=0.42 (3 clients)': an adapter's federated evaluation."""
+    if not score:
+        return "—"
+    shown = [f"{k}={float(score[k]):.4g}" for k in ("accuracy", "perplexity", "loss")
+             if score.get(k) is not None]  # fmt: skip
+    return f"{' '.join(shown)} ({score['num_clients']} clients)"
 
 
 @adapter_app.command("download")
@@ -554,6 +572,9 @@ def adapter_download(
     federation: str = typer.Argument(..., help="Federation id or name."),
     round_number: int | None = typer.Option(
         None, "--round", help="That round's adapter (default: the latest, i.e. the final one)."
+    ),
+    best: bool = typer.Option(
+        False, "--best", help="The best adapter by federated evaluation instead of the latest."
     ),
     out_dir: Path | None = typer.Option(
         None, "--out", help="Folder to write (default: ./<federation>-round-<n>)."
@@ -570,7 +591,17 @@ def adapter_download(
                 f"federation {fed['name']} has no global adapter yet: none of its rounds has "
                 "completed (`fedlora federation watch` shows them)"
             )
-        if round_number is None:
+        if best and round_number is not None:
+            raise CliError("give --best or --round, not both")
+        if best:
+            scored = [a for a in adapters if a.get("is_best")]
+            if not scored:
+                raise CliError(
+                    f"federation {fed['name']} has no evaluated adapter yet: clients score each "
+                    "adapter when the next round starts (`fedlora adapter list` shows them)"
+                )
+            chosen = scored[0]
+        elif round_number is None:
             chosen = max(adapters, key=lambda a: int(a["round_number"]))
         else:
             matches = [a for a in adapters if int(a["round_number"]) == round_number]

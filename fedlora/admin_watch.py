@@ -2,8 +2,11 @@
 
 Per round: its state, who took part (tasks by status), the mean training loss of the accepted
 updates, the largest cumulative epsilon any participant has spent by then, and whatever
-evaluation metrics exist: the global adapter's ``eval*`` metrics (federated evaluation) and the
-mean of the clients' local ``eval*`` metrics reported with their updates.
+evaluation metrics exist: the federated evaluation of the adapter the round published (its
+clients' example-weighted accuracy and loss, or perplexity, on their own held-out data; the
+best adapter is marked), the global adapter's ``eval*`` metrics and the mean of the clients'
+local ``eval*`` metrics reported with their updates. The evaluation pass after the last round
+(which scores the final adapter) is listed as such.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def round_rows(
             v for u in ups if (v := _number(u.get("metrics", {}).get("train_loss"))) is not None
         ]
         evals: dict[str, float] = {}
+        scored = rnd.get("evaluation") or {}
+        for key in ("accuracy", "perplexity", "loss"):
+            if (v := _number(scored.get(key))) is not None:
+                evals[f"federated {key}"] = v
         adapter = adapter_of.get(rid)
         for key, value in sorted((adapter or {}).get("metrics", {}).items()):
             if key.startswith("eval") and (v := _number(value)) is not None:
@@ -105,10 +112,24 @@ def round_rows(
                 train_loss=_mean(losses),
                 epsilon=epsilon,
                 evals=evals,
-                note=str(rnd.get("failure_reason") or ""),
+                note=_note(rnd),
             )
         )
     return rows
+
+
+def _note(rnd: dict[str, Any]) -> str:
+    parts = []
+    if rnd.get("kind") == "evaluation":
+        parts.append("evaluation pass: members score the final adapter")
+    if rnd.get("best"):
+        parts.append("best adapter")
+    scored = rnd.get("evaluation") or {}
+    if scored.get("num_clients"):
+        parts.append(f"scored by {scored['num_clients']} client(s)")
+    if rnd.get("failure_reason"):
+        parts.append(str(rnd["failure_reason"]))
+    return " · ".join(parts)
 
 
 def _fmt(value: float | None) -> str:
@@ -125,11 +146,13 @@ def render(
     names: dict[str, str],
 ) -> RenderableType:
     """The federation's header line, the rounds table and the released tasks' reasons."""
-    completed = sum(1 for r in rows if r.state == "completed")
+    completed = int(federation.get("rounds_completed", 0))
+    failed = int(federation.get("rounds_failed", 0))
     head = Text.assemble(
         (str(federation["name"]), "bold"),
         f"  {federation['status']} · {federation['strategy']} · ",
         f"{completed}/{federation['num_rounds']} rounds completed",
+        f", {failed} failed (retried)" if failed else "",
     )
     eval_names: list[str] = []
     for row in rows:
