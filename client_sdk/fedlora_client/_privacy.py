@@ -5,7 +5,7 @@ delta = ``plan.dp.delta``; epsilon from :mod:`fedlora_client._accounting`):
 
 **Sample-level** (``DPMode.SAMPLE``, the default). DP-SGD: every local step draws a Poisson
 sample of the local dataset (rate ``q = batch_size / N``), computes per-example gradients of the
-released parameters (Opacus ``GradSampleModule``), clips each example's gradient, jointly over
+released parameters (``_dp_grads.LinearGradSampler``), clips each example's gradient, jointly over
 all released tensors, to L2 norm ``C``, sums, adds ``N(0, sigma^2 C^2)`` to every coordinate and
 divides by the expected batch size ``q N``. Neighbouring datasets differ by adding or removing
 one record (one line of the local data). Covered: everything released over all rounds this
@@ -145,22 +145,29 @@ def resolve_noise_multiplier(
     )
 
 
-def _gs(p: torch.nn.Parameter) -> torch.Tensor:
-    """Opacus' per-example gradient of ``p`` (leading batch dimension)."""
-    sample: torch.Tensor = p.grad_sample  # type: ignore[attr-defined]
+def _gs(p: torch.nn.Parameter) -> torch.Tensor | None:
+    """The per-example gradient of ``p`` (leading batch dimension) left by the last backward
+    pass (``_dp_grads.LinearGradSampler`` or Opacus' ``GradSampleModule``), if any."""
+    sample: torch.Tensor | None = getattr(p, "grad_sample", None)
     return sample
 
 
 class DPSGD:
-    """Turns Opacus per-example gradients into DP-SGD gradients for the released parameters.
+    """Turns per-example gradients into DP-SGD gradients for the released parameters.
 
-    After each forward/backward pass of ``sum(per_example_losses)`` on a ``GradSampleModule``
-    (one pass per micro-batch of a step's logical batch), :meth:`accumulate` clips every
-    example's gradient (jointly over the released parameters) to ``C`` and adds it to a
-    running sum. :meth:`apply` then sets released parameters' ``.grad`` to
+    After each forward/backward pass of ``sum(per_example_losses)`` with per-example gradients
+    recorded (``param.grad_sample``, by ``_dp_grads.LinearGradSampler`` or an Opacus
+    ``GradSampleModule``; one pass per micro-batch of a step's logical batch), :meth:`accumulate`
+    clips every example's gradient (jointly over the released parameters) to ``C`` and adds it
+    to a running sum. :meth:`apply` then sets released parameters' ``.grad`` to
     ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2)) / expected_batch``: one Gaussian draw per
-    logical batch, however it was split. Other trainable parameters (SDFLoRA's private module)
-    get their plain mean gradient over the logical batch.
+    logical batch, however it was split. Other trainable parameters get their plain mean
+    gradient over the logical batch.
+
+    Norms, clipping and the running sums stay in float32 on the parameters' device (no host
+    copies per pass); the noise is drawn in float64 on the host from ``generator`` once per
+    logical batch. A released parameter without a per-example gradient in a pass (no hooked
+    layer used it) contributes zero for that pass.
     """
 
     def __init__(
@@ -184,33 +191,49 @@ class DPSGD:
         self._sums: list[torch.Tensor] | None = None
 
     def per_example_norms(self) -> torch.Tensor:
-        squares = [_gs(p).reshape(_gs(p).shape[0], -1).double().pow(2).sum(1)
-                   for p in self.released]  # fmt: skip
+        """Each example's gradient norm over all released tensors jointly (float32), from the
+        last pass; empty when no released tensor holds per-example gradients."""
+        samples = [s for s in map(_gs, self.released) if s is not None]
+        if not samples:
+            return torch.zeros(0)
+        device = samples[0].device
+        squares = [
+            torch.linalg.vector_norm(s.reshape(s.shape[0], -1), dim=1, dtype=torch.float32)
+            .to(device)
+            .square()
+            for s in samples
+        ]
         return torch.stack(squares).sum(0).sqrt()
 
     def accumulate(self) -> None:
         """Add the current pass's clipped per-example gradients to the step's sum."""
-        if getattr(self.released[0], "grad_sample", None) is None:
-            return
         norms = self.per_example_norms()
+        if norms.numel() == 0:
+            return
         factors = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
         if self._sums is None:
-            self._sums = [torch.zeros(p.shape, dtype=torch.float64) for p in self.released]
+            self._sums = [torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                          for p in self.released]  # fmt: skip
         for total, p in zip(self._sums, self.released, strict=True):
-            total += torch.einsum("b,b...->...", factors, _gs(p).double().cpu())
-        for p in self.released:
+            sample = _gs(p)
+            if sample is not None:
+                # sum_i c_i g_i as one (1 x B) @ (B x numel) product
+                flat = sample.reshape(sample.shape[0], -1).float()
+                total += (factors.to(flat.device) @ flat).reshape(p.shape)
             p.grad_sample = None  # type: ignore[attr-defined]
 
     def apply(self, batch_size: int) -> None:
         """Replace ``.grad`` as described above and drop the per-example gradients."""
         if batch_size > 0:
             self.accumulate()
-        sums = self._sums or [torch.zeros(p.shape, dtype=torch.float64) for p in self.released]
+        sums = self._sums or [torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                              for p in self.released]  # fmt: skip
         self._sums = None
         std = self.noise_multiplier * self.clip_norm
         for p, summed in zip(self.released, sums, strict=True):
             noise = torch.randn(p.shape, generator=self.generator, dtype=torch.float64) * std
-            p.grad = ((summed + noise) / self.expected_batch_size).to(p.dtype).to(p.device)
+            noisy = summed + noise.to(device=summed.device, dtype=torch.float32)
+            p.grad = (noisy / self.expected_batch_size).to(p.dtype)
         for p in self.others:
             if p.grad is not None and batch_size > 0:
                 p.grad = p.grad / batch_size

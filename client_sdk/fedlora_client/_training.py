@@ -27,6 +27,7 @@ from fedlora_client._adapters import (
     tail_norm,
 )
 from fedlora_client._data import IGNORE_INDEX, EncodedData
+from fedlora_client._dp_grads import LinearGradSampler
 from fedlora_client._errors import TrainingOutOfMemoryError
 from fedlora_client._privacy import (
     DPSGD,
@@ -187,12 +188,10 @@ def train_round(
     if data.task_type is TaskType.SEQ_CLS and t.label_balance == "logit_adjustment":
         logit_bias = log_label_prior(data, num_labels_of(plan))
     sample_dp = dp.mode is DPMode.SAMPLE
-    forward_model: Any = model
     dpsgd: DPSGD | None = None
+    sampler: LinearGradSampler | None = None
     if sample_dp:
-        from opacus import GradSampleModule
-
-        forward_model = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        sampler = LinearGradSampler(model)  # per-example gradients of every trainable tensor
         # SDFLoRA's private module is trained with DP-SGD too, jointly clipped with the shared
         # one: every trained tensor is then a function of noisy, clipped steps, so the released
         # shared module carries the accountant's sample-level guarantee (the private module
@@ -222,7 +221,7 @@ def train_round(
                 total = 0.0
                 for part in micro_batches(indices, lengths, t.physical_batch_size):
                     batch = {k: v.to(device) for k, v in data.batch(part).items()}
-                    loss = per_example_loss(forward_model, batch, data.task_type, logit_bias)
+                    loss = per_example_loss(model, batch, data.task_type, logit_bias)
                     total += float(loss.detach().sum())
                     # DP-SGD sums (and clips) per example; otherwise the batch mean, in parts
                     backward_quietly(loss.sum() if sample_dp else loss.sum() / len(indices))
@@ -255,8 +254,8 @@ def train_round(
     finally:
         if nested is not None:
             nested.remove()
-        if sample_dp:
-            forward_model._close()
+        if sampler is not None:
+            sampler.close()
     model.eval()
     final = adapter_tensors(model, TRAINED)
     if dp.mode is DPMode.CLIENT:
