@@ -71,7 +71,7 @@ def _login(cli: Cli) -> None:
 
 
 def _enroll(url: str, token: str, name: str) -> dict[str, str]:
-    r = httpx.post(f"{url}/api/v1/enroll", json={"join_token": token, "name": name})
+    r = httpx.post(f"{url}/api/v1/enroll", json={"join_token": token, "name": name}, timeout=60)
     assert r.status_code == 201, r.text
     body: dict[str, str] = r.json()
     return body
@@ -79,7 +79,7 @@ def _enroll(url: str, token: str, name: str) -> dict[str, str]:
 
 def _client_call(url: str, key: str, method: str, path: str, **kw: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}", **kw.pop("headers", {})}
-    return httpx.request(method, f"{url}/api/v1{path}", headers=headers, timeout=30, **kw)
+    return httpx.request(method, f"{url}/api/v1{path}", headers=headers, timeout=60, **kw)
 
 
 def _open_round(sessions: sessionmaker[Session], store: ArtifactStore, fid: str) -> uuid.UUID:
@@ -306,7 +306,7 @@ def test_the_real_inspect_output_creates_a_federation(
     spec_file.write_text(printed.stdout)
     _login(cli)
     fid = cli(*_create("--dp", "none", spec=str(spec_file))).stdout.strip()
-    with httpx.Client(base_url=cli.url) as http:
+    with httpx.Client(base_url=cli.url, timeout=60) as http:
         token = json.loads(Path(cli.env["FEDLORA_ADMIN_CONFIG"]).read_text())["token"]
         fed = http.get(f"/api/v1/federations/{fid}",
                        headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
@@ -323,7 +323,7 @@ def test_scripts_log_in_from_the_environment_and_errors_stay_one_line(
            "FEDLORA_ADMIN_PASSWORD": ADMIN_PASSWORD}  # fmt: skip
     org = cli("org", "create", "from-env", env=env).stdout.strip()
     assert not Path(cli.env["FEDLORA_ADMIN_CONFIG"]).exists()  # nothing stored
-    token = httpx.post(f"{live_url}/api/v1/auth/login",
+    token = httpx.post(f"{live_url}/api/v1/auth/login", timeout=60,
                        json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}).json()  # fmt: skip
     listing = cli("org", "list", env={"FEDLORA_URL": live_url,
                                       "FEDLORA_TOKEN": token["access_token"]}).stdout  # fmt: skip
