@@ -131,7 +131,7 @@ def demo(
     ranks: str = typer.Option(
         "2,4,8,16", help="Rank budgets, comma-separated; cycled over the organizations."
     ),
-    rounds: int = typer.Option(3, min=1, help="Federated rounds."),
+    rounds: int = typer.Option(5, min=1, help="Federated rounds."),
     out: Path = typer.Option(Path("demo-out"), help="Where the adapter and summary go."),
     data: Path | None = typer.Option(
         None, help="A sentence/label TSV (e.g. SST-2) instead of the generated data."

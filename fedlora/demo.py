@@ -40,7 +40,7 @@ TARGET_MODULES = ["query", "value"]
 class DemoOptions:
     strategy: str = RECOMMENDED_STRATEGY
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
-    rounds: int = 3
+    rounds: int = 5
     out: Path = Path("demo-out")
     data: Path | None = None
     serve: bool = True
@@ -48,9 +48,6 @@ class DemoOptions:
     seed: int = 0
     examples: int = 4000
     held_out: int = 400
-    local_steps: int = 20
-    batch_size: int = 16
-    learning_rate: float = 2e-3
     max_seq_len: int = 48
     target_epsilon: float | None = 8.0
     dirichlet_alpha: float = 0.5
@@ -94,7 +91,6 @@ def _federation_body(opts: DemoOptions, spec: dict[str, Any], n: int) -> dict[st
             "mode": "sample",
             "target_epsilon": opts.target_epsilon,
             "delta": 1e-5,
-            "clip_norm": 1.0,
             "epsilon_budget": opts.target_epsilon * 1.25,
         }
     return {
@@ -111,14 +107,9 @@ def _federation_body(opts: DemoOptions, spec: dict[str, Any], n: int) -> dict[st
         "clients_per_round": n,
         "min_clients": n,
         "round_deadline_seconds": 600,
-        "training": {
-            "steps": opts.local_steps,
-            "batch_size": opts.batch_size,
-            "learning_rate": opts.learning_rate,
-            "optimizer": "adamw",
-            "max_seq_len": opts.max_seq_len,
-            "lora_alpha": 16.0,
-        },
+        # the platform's defaults for the strategy (optimizer, rates, schedule, label balance,
+        # server step, DP recipe): what an admin who changes nothing gets
+        "training": {"max_seq_len": opts.max_seq_len},
         "dp": dp,
     }
 

@@ -25,7 +25,11 @@ from fedlora_client.protocol import (
     TaskType,
     is_safe_tensor_name,
 )
-from worker.strategies.params import ServerOptimizerParams, resolve_server_optimizer
+from worker.strategies.params import (
+    ServerOptimizerParams,
+    resolve_server_optimizer,
+    resolve_training,
+)
 
 
 def check_strategy(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +71,11 @@ class FederationCreate(BaseModel):
     clients_per_round: int = Field(ge=1, le=100_000)
     min_clients: int = Field(ge=1, le=100_000, description="Fewest updates a round needs.")
     round_deadline_seconds: int = Field(ge=10, le=30 * 24 * 3600)
-    training: LocalTraining = Field(default_factory=LocalTraining)
+    training: LocalTraining = Field(
+        default_factory=LocalTraining,
+        description="Local training; fields left out take the platform's defaults for the "
+        "strategy (FlexLoRA, SDFLoRA and FLoRA: client AdamW).",
+    )
     dp: DPSettings
 
     @field_validator("strategy", mode="before")
@@ -106,6 +114,7 @@ class FederationCreate(BaseModel):
             )
         self.strategy_params = check_strategy(self.strategy, self.strategy_params)
         self.server_optimizer = resolve_server_optimizer(self.strategy, self.server_optimizer)
+        self.training = resolve_training(self.strategy, self.training)
         return self
 
 

@@ -35,7 +35,7 @@ from api.schemas.federations import (
 from api.services.common import audit, get_or_404
 from fedlora_client.protocol import DPSettings, LocalTraining
 from worker.celery_app import OPEN_ROUND
-from worker.strategies.params import resolve_server_optimizer
+from worker.strategies.params import resolve_server_optimizer, resolve_training
 
 S = FederationStatus
 DRAFT_ONLY = frozenset(FederationUpdate.model_fields) - {"name", "description"}
@@ -91,9 +91,8 @@ def update_federation(
             f"(it is {fed.status}); create a new federation instead"
         )
     if "training" in changes:
-        changes["local_training"] = LocalTraining.model_validate(
-            changes.pop("training")
-        ).model_dump(mode="json")
+        training = LocalTraining.model_validate(changes.pop("training"))
+        changes["local_training"] = resolve_training(fed.strategy, training).model_dump(mode="json")
     if "dp" in changes:
         changes["dp"] = DPSettings.model_validate(changes["dp"]).model_dump(mode="json")
     if "strategy_params" in changes:

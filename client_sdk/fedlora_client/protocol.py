@@ -223,14 +223,34 @@ def scheduled_rate(
 
 
 class LocalTraining(BaseModel):
-    """Local optimisation settings, identical for every client of a federation."""
+    """Local optimisation settings, identical for every client of a federation.
+
+    The defaults are the platform's recipe, chosen by measurement (``bench/quality.py``,
+    docs/benchmarks.md): clients take a few plain SGD steps with logit adjustment, and the
+    server's adaptive step (FedYogi, ``ServerOptimizerParams``) turns the average of their
+    changes into the update. Client SGD keeps each client's change proportional to its
+    gradient, so the data-weighted average is the average gradient; client AdamW rescales every
+    client's steps to full size whatever its gradient, and under label skew the clients then
+    vote on the decision boundary by their weights. Strategies that cannot take an adaptive
+    server step (FlexLoRA, SDFLoRA, FLoRA) default to AdamW instead (see
+    ``worker.strategies.params.resolve_training``); a field set explicitly is always kept.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(default=20, ge=1, le=100_000, description="Optimizer steps per round.")
-    batch_size: int = Field(default=16, ge=1, le=4096, description="Examples per step.")
-    learning_rate: float = Field(default=5e-4, gt=0, le=10, description="Client learning rate.")
-    optimizer: Literal["sgd", "adamw"] = Field(default="adamw", description="Client optimizer.")
+    steps: int = Field(default=5, ge=1, le=100_000, description="Optimizer steps per round.")
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Examples per step.")
+    learning_rate: float = Field(
+        default=0.03,
+        gt=0,
+        le=10,
+        description="Client learning rate (the peak of lr_schedule). SGD's 0.03 keeps local "
+        "steps small; the server's adaptive step sets the pace. AdamW: about 1e-3.",
+    )
+    optimizer: Literal["sgd", "adamw"] = Field(
+        default="sgd",
+        description="Client optimizer: 'sgd' (with the server's adaptive step) or 'adamw'.",
+    )
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     max_seq_len: int = Field(default=128, ge=8, le=32_768, description="Token truncation.")
     lora_alpha: float = Field(
@@ -252,7 +272,7 @@ class LocalTraining(BaseModel):
         "Empty: the whole batch in one pass (lower it when the batch does not fit in memory).",
     )
     label_balance: Literal["logit_adjustment", "none"] = Field(
-        default="none",
+        default="logit_adjustment",
         description="Classification only. 'logit_adjustment': each client trains on "
         "logits + log(its own label prior) (balanced softmax / FedLC-style calibration; the "
         "prior comes from the client's label counts with add-one smoothing and never leaves "
@@ -267,7 +287,7 @@ class LocalTraining(BaseModel):
         "local loss (0 disables).",
     )
     lr_schedule: Literal["constant", "cosine"] = Field(
-        default="constant",
+        default="cosine",
         description="Client learning rate over the federation's rounds: 'constant', or "
         "'cosine' (linear warm-up over warmup_rounds, then cosine decay to 10% of "
         "learning_rate at the last round). The server applies it: each plan carries its "

@@ -28,6 +28,7 @@ from fedlora.admin_client import AdminClient
 from fedlora.cli import app
 from tests.api.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.api.factories import SPEC, adapter_bytes, make_plan, manifest_for
+from worker.strategies.params import RECOMMENDED_STRATEGY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -313,7 +314,7 @@ def test_the_real_inspect_output_creates_a_federation(
     assert fed["model"] == json.loads(printed.stdout)
     assert fed["task_type"] == "causal_lm"
     assert fed["target_modules"] == ["q_proj", "v_proj"]
-    assert fed["strategy"] == "flexlora"  # the recommended default
+    assert fed["strategy"] == RECOMMENDED_STRATEGY  # the recommended default
 
 
 def test_scripts_log_in_from_the_environment_and_errors_stay_one_line(

@@ -161,6 +161,24 @@ def test_server_optimizer_is_stored_resolved_and_checked_against_the_strategy(
     assert r.json()["server_optimizer"]["name"] == "yogi"
 
 
+def test_training_defaults_follow_the_strategy_and_explicit_fields_stay(
+    api: TestClient, admin_headers: dict[str, str]
+) -> None:
+    url = f"{V1}/federations"
+    sgd = api.post(
+        url, json=federation_body(name="a", training={"steps": 3}), headers=admin_headers
+    )
+    assert sgd.json()["training"] | {"optimizer": "sgd", "steps": 3} == sgd.json()["training"]
+    flex = federation_body(name="b", strategy="flexlora", training={"steps": 3})
+    r = api.post(url, json=flex, headers=admin_headers).json()
+    assert (r["training"]["optimizer"], r["training"]["label_balance"]) == ("adamw", "none")
+    assert r["server_optimizer"]["name"] == "none"
+    mine = federation_body(name="c", strategy="flexlora", training={"optimizer": "sgd"})
+    r = api.post(url, json=mine, headers=admin_headers).json()
+    assert r["training"]["optimizer"] == "sgd"
+    assert r["training"]["learning_rate"] == 2e-3  # what was left out follows the strategy
+
+
 def test_federation_lifecycle_and_draft_only_fields(
     api: TestClient, admin_headers: dict[str, str]
 ) -> None:

@@ -132,14 +132,14 @@ def _scaled_components(
 
 
 def test_zero_padded_fedavg_scales_component_j_by_the_square_of_its_cover() -> None:
-    history, first = _noop_rounds("fedavg", {})
+    history, first = _noop_rounds("fedavg", {"rank_normalization": False})
     ctx = make_ctx("fedavg", BUDGETS, round_number=2)
     c = _cover([n / sum(SIZES) for n in SIZES])
     for module in ctx.model.modules:
         expected = _scaled_components(first, module, ctx.scaling(8), c**2)
         torch.testing.assert_close(history[0][module], expected, rtol=1e-5, atol=1e-7)
     # after 5 such rounds the product has lost a documented share of its norm
-    before = _state_products("fedavg", {}, first)
+    before = _state_products("fedavg", {"rank_normalization": False}, first)
     assert _relative_change(before, history[-1]) > 0.1
 
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedlora_client.protocol import STRATEGY_NAMES
+from fedlora_client.protocol import STRATEGY_NAMES, LocalTraining
 
 Weighting = Literal["num_examples", "uniform"]
 
@@ -47,7 +47,11 @@ class FedAvgParams(StrategyParams):
     """FedIT: average A and B separately (homogeneous ranks; the baseline)."""
 
     weighting: Weighting = Field(default="num_examples", description=_WEIGHTING_DESCRIPTION)
-    rank_normalization: bool = Field(default=False, description=_RANK_NORMALIZATION)
+    rank_normalization: bool = Field(
+        default=True,
+        description=_RANK_NORMALIZATION + " On by default for FedAvg (a no-op with equal ranks); "
+        "off reproduces FedIT's zero-padding.",
+    )
 
 
 class HetLoRAParams(StrategyParams):
@@ -270,8 +274,27 @@ class ServerOptimizerParams(StrategyParams):
         )
 
 
-DEFAULT_SERVER_OPTIMIZER = ServerOptimizerParams()
-"""What a federation gets when it names no server optimizer (FLoRA: always 'none')."""
+DEFAULT_SERVER_OPTIMIZER = ServerOptimizerParams(name="yogi", lr=0.01, lr_schedule="cosine")
+"""The server step of FedAvg, HetLoRA and PreLort when a federation names none (measured in
+bench/fedsim.py: FedYogi kept the last rounds within the tightest band; FedAdam at 0.02
+diverged). The others get 'none': FlexLoRA and SDFLoRA cannot take an adaptive step, their
+clients' AdamW with server momentum stayed at the majority class, and FSLoRA keeps its own."""
+
+ADAM_CLIENT_TRAINING: dict[str, object] = {
+    "optimizer": "adamw",
+    "learning_rate": 2e-3,
+    "label_balance": "none",
+}
+"""Local training defaults of the strategies without the adaptive server step (FlexLoRA, SDFLoRA,
+FLoRA, FSLoRA): their clients must make the progress themselves. Logit adjustment is off: with
+AdamW's per-client normalisation it reverses the clients' pull on the boundary instead of
+removing it (tests/client_sdk/test_local_training.py, docs/benchmarks.md)."""
+
+
+SERVER_STEP_STRATEGIES = frozenset({"fedavg", "hetlora", "prelort"})
+"""Strategies whose defaults are client SGD under the adaptive server step. FSLoRA could take
+one, but its r/k-scaled sketches made FedYogi diverge in bench/fedsim.py (seed 0, round 4):
+it keeps its own server step and client AdamW, like the strategies that cannot take one."""
 
 
 def resolve_server_optimizer(
@@ -280,12 +303,9 @@ def resolve_server_optimizer(
     """The federation's server optimizer: ``chosen``, or the platform's default for
     ``strategy`` when it is None. Raises ``ValueError`` if ``strategy`` cannot take it."""
     if chosen is None:
-        default = DEFAULT_SERVER_OPTIMIZER
-        if strategy not in FACTOR_SPACE_STRATEGIES | PRODUCT_SPACE_STRATEGIES:
-            return default.model_copy(update={"name": "none"})
-        if strategy in PRODUCT_SPACE_STRATEGIES and default.name != "momentum":
-            return default.model_copy(update={"name": "none"})
-        return default
+        if strategy in SERVER_STEP_STRATEGIES:
+            return DEFAULT_SERVER_OPTIMIZER
+        return ServerOptimizerParams(name="none")
     params = (
         chosen
         if isinstance(chosen, ServerOptimizerParams)
@@ -293,6 +313,18 @@ def resolve_server_optimizer(
     )
     params.check_strategy(strategy)
     return params
+
+
+def resolve_training(strategy: str, training: LocalTraining) -> LocalTraining:
+    """``training`` with the defaults of ``strategy`` for every field it did not set
+    explicitly (pydantic's ``model_fields_set``): :data:`ADAM_CLIENT_TRAINING` for the
+    strategies without the adaptive server step, the class defaults otherwise."""
+    if strategy in SERVER_STEP_STRATEGIES:
+        return training
+    changes = {k: v for k, v in ADAM_CLIENT_TRAINING.items() if k not in training.model_fields_set}
+    resolved = training.model_copy(update=changes)
+    # what the federation stores is explicit from now on
+    return LocalTraining.model_validate(resolved.model_dump())
 
 
 STRATEGY_PARAMS: dict[str, type[StrategyParams]] = {
@@ -305,12 +337,15 @@ STRATEGY_PARAMS: dict[str, type[StrategyParams]] = {
     "prelort": PreLortParams,
 }
 
-RECOMMENDED_STRATEGY = "flexlora"
+RECOMMENDED_STRATEGY = "fedavg"
 """The strategy the dashboard preselects, the demo runs and ``fedlora strategies`` marks: the
-best of the learning-quality benchmark (``docs/benchmarks.md``, ``bench/quality.py``)."""
+best of the learning-quality benchmark (``docs/benchmarks.md``, ``bench/quality.py``): FedAvg
+with rank normalization (each rank component averaged over the organizations that hold it)
+under the server's FedYogi step."""
 
 STRATEGY_DESCRIPTIONS: dict[str, str] = {
-    "fedavg": "FedIT baseline: average A and B separately (homogeneous ranks; not exact).",
+    "fedavg": "FedAvg: average A and B, each rank component over the organizations that hold "
+    "it (any ranks; FedIT with equal ranks), under the server's adaptive step.",
     "hetlora": "HetLoRA: truncate to each rank, norm-weighted zero-padded average, "
     "optional rank self-pruning.",
     "flora": "FLoRA: stack the clients' factors (exact average of products); clients merge it "
