@@ -300,12 +300,13 @@ class Participant:
         dp, t = task.plan.dp, task.plan.training
         if dp.mode is p.DPMode.NONE:
             return None
-        rate = min(1.0, t.batch_size / n)
+        batch, steps = p.local_schedule(t, dp, n)  # what train_round will run
+        rate = min(1.0, batch / n)
         sigma = resolve_noise_multiplier(
-            dp, sampling_rate=rate, steps=t.steps, accountant=self.accountant
+            dp, sampling_rate=rate, steps=steps, accountant=self.accountant
         )
         if dp.mode is p.DPMode.SAMPLE:
-            return LedgerEntry(task.task_id, "sample", sigma, rate, t.steps)
+            return LedgerEntry(task.task_id, "sample", sigma, rate, steps)
         return LedgerEntry(task.task_id, "client", sigma, 1.0, 1)
 
     def check_budget(self, task: p.TaskAssignment, n: int) -> tuple[LedgerEntry | None, float]:

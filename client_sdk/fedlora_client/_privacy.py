@@ -161,8 +161,12 @@ class DPSGD:
     clips every example's gradient (jointly over the released parameters) to ``C`` and adds it
     to a running sum. :meth:`apply` then sets released parameters' ``.grad`` to
     ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2)) / expected_batch``: one Gaussian draw per
-    logical batch, however it was split. Other trainable parameters get their plain mean
-    gradient over the logical batch.
+    logical batch, however it was split. With ``groups`` (one index per released tensor),
+    each group is clipped to ``C`` separately and the noise std is ``sigma C sqrt(G)`` for G
+    groups: the same guarantee (sensitivity ``C sqrt(G)``), but a group whose gradients are
+    orders of magnitude smaller than another's (LoRA factors next to a classification head)
+    keeps its own share of the clipping budget instead of being drowned by the other. Other
+    trainable parameters get their plain mean gradient over the logical batch.
 
     Norms, clipping and the running sums stay in float32 on the parameters' device (no host
     copies per pass); the noise is drawn in float64 on the host from ``generator`` once per
@@ -179,21 +183,38 @@ class DPSGD:
         noise_multiplier: float,
         expected_batch_size: float,
         generator: torch.Generator,
+        groups: Sequence[int] | None = None,
+        group_clip_norms: Mapping[int, float] | None = None,
     ) -> None:
         if expected_batch_size <= 0 or not math.isfinite(noise_multiplier):
             raise PrivacyError("DP-SGD needs a positive batch size and a finite noise multiplier")
+        if groups is not None and len(groups) != len(released):
+            raise PrivacyError("DP-SGD groups: one group index per released parameter")
+        self.groups = list(groups) if groups is not None else [0] * len(released)
+        self.num_groups = len(set(self.groups))
         self.released = list(released)
         self.others = list(others)
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
         self.expected_batch_size = expected_batch_size
         self.generator = generator
+        # each group's own C (clip_norm where unset): noise std sigma C_g sqrt(G) in group g is
+        # the Gaussian mechanism on the groups rescaled to C = 1, so the guarantee is unchanged
+        self.group_clip = {g: (group_clip_norms or {}).get(g, clip_norm) for g in set(self.groups)}
+        # per group: examples whose gradient was clipped, and examples seen (on the device)
+        self._clipped: dict[int, torch.Tensor] = {}
+        self._seen: dict[int, int] = {}
         self._sums: list[torch.Tensor] | None = None
 
-    def per_example_norms(self) -> torch.Tensor:
-        """Each example's gradient norm over all released tensors jointly (float32), from the
-        last pass; empty when no released tensor holds per-example gradients."""
-        samples = [s for s in map(_gs, self.released) if s is not None]
+    def per_example_norms(self, group: int | None = None) -> torch.Tensor:
+        """Each example's gradient norm over the released tensors of ``group`` (all of them
+        when None) jointly (float32), from the last pass; empty when none holds per-example
+        gradients."""
+        samples = [
+            s
+            for s, g in zip(map(_gs, self.released), self.groups, strict=True)
+            if s is not None and (group is None or g == group)
+        ]
         if not samples:
             return torch.zeros(0)
         device = samples[0].device
@@ -206,21 +227,35 @@ class DPSGD:
         return torch.stack(squares).sum(0).sqrt()
 
     def accumulate(self) -> None:
-        """Add the current pass's clipped per-example gradients to the step's sum."""
-        norms = self.per_example_norms()
-        if norms.numel() == 0:
+        """Add the current pass's clipped per-example gradients to the step's sum (each group
+        of tensors clipped to ``C`` on its own)."""
+        factors: dict[int, torch.Tensor] = {}
+        for group in set(self.groups):
+            norms = self.per_example_norms(group)
+            if norms.numel():
+                bound = self.group_clip[group]
+                factors[group] = (bound / (norms + 1e-6)).clamp(max=1.0)
+                clipped = (norms > bound).sum()
+                self._clipped[group] = self._clipped.get(group, 0) + clipped  # type: ignore[assignment]
+                self._seen[group] = self._seen.get(group, 0) + norms.numel()
+        if not factors:
             return
-        factors = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
         if self._sums is None:
             self._sums = [torch.zeros(p.shape, dtype=torch.float32, device=p.device)
                           for p in self.released]  # fmt: skip
-        for total, p in zip(self._sums, self.released, strict=True):
+        for total, p, group in zip(self._sums, self.released, self.groups, strict=True):
             sample = _gs(p)
             if sample is not None:
                 # sum_i c_i g_i as one (1 x B) @ (B x numel) product
                 flat = sample.reshape(sample.shape[0], -1).float()
-                total += (factors.to(flat.device) @ flat).reshape(p.shape)
+                total += (factors[group].to(flat.device) @ flat).reshape(p.shape)
             p.grad_sample = None  # type: ignore[attr-defined]
+
+    def clipped_fractions(self) -> dict[int, float]:
+        """Per group, the fraction of examples so far whose gradient the clipping norm cut:
+        near 1, clipping biases the step (the norm is small for this model); near 0, the noise
+        is larger than it needs to be."""
+        return {g: float(self._clipped[g]) / n for g, n in self._seen.items() if n}
 
     def apply(self, batch_size: int) -> None:
         """Replace ``.grad`` as described above and drop the per-example gradients."""
@@ -229,8 +264,11 @@ class DPSGD:
         sums = self._sums or [torch.zeros(p.shape, dtype=torch.float32, device=p.device)
                               for p in self.released]  # fmt: skip
         self._sums = None
-        std = self.noise_multiplier * self.clip_norm
-        for p, summed in zip(self.released, sums, strict=True):
+        # G groups each clipped to C: an example moves the sum by at most C sqrt(G), and the
+        # noise is calibrated to that sensitivity, so the accountant's sigma is unchanged
+        unit = self.noise_multiplier * math.sqrt(self.num_groups)
+        for p, summed, group in zip(self.released, sums, self.groups, strict=True):
+            std = unit * self.group_clip[group]
             noise = torch.randn(p.shape, generator=self.generator, dtype=torch.float64) * std
             noisy = summed + noise.to(device=summed.device, dtype=torch.float32)
             p.grad = (noisy / self.expected_batch_size).to(p.dtype)

@@ -37,7 +37,13 @@ from fedlora_client._privacy import (
     resolve_noise_multiplier,
     secure_generator,
 )
-from fedlora_client.protocol import DPMode, TaskType, TrainingPlan
+from fedlora_client.protocol import (
+    DPMode,
+    TaskType,
+    TrainingPlan,
+    freezes_lora_a,
+    local_schedule,
+)
 
 log = logging.getLogger("fedlora_client")
 
@@ -128,6 +134,11 @@ def micro_batches(indices: list[int], lengths: list[int], size: int | None) -> l
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
+DP_PHYSICAL_BATCH = 32
+"""Micro-batch of the DP recipe's large logical batches when training.physical_batch_size is
+unset."""
+
+
 def _optimizer(params: list[torch.nn.Parameter], plan: TrainingPlan) -> torch.optim.Optimizer:
     t = plan.training
     if t.optimizer == "sgd":
@@ -167,15 +178,24 @@ def train_round(
     accountant: str = "rdp",
 ) -> RoundResult:
     """Train ``model`` (built for ``plan``) on ``data`` and return the privatized upload."""
-    t = plan.training
-    n, steps, bs = len(data), t.steps, t.batch_size
+    t, dp = plan.training, plan.dp
+    n = len(data)
+    bs, steps = local_schedule(t, dp, n)  # the DP recipe's batch and steps under DP
     rate = min(1.0, bs / n)
-    dp = plan.dp
+    physical = t.physical_batch_size
+    if physical is None and dp.mode is DPMode.SAMPLE and dp.recipe == "auto":
+        physical = DP_PHYSICAL_BATCH
     sigma = resolve_noise_multiplier(dp, sampling_rate=rate, steps=steps, accountant=accountant)  # type: ignore[arg-type]
     generator = secure_generator(noise_seed)
     released = adapter_parameters(model, TRAINED)
     private = adapter_parameters(model, PRIVATE) if plan.private is not None else {}
     start = adapter_tensors(model, TRAINED) if dp.mode is DPMode.CLIENT else {}
+    if freezes_lora_a(t, dp):  # FFA-LoRA: A stays as the plan started it (it is still uploaded)
+        for key, param in [*released.items(), *private.items()]:
+            if key.endswith(".lora_A.weight"):
+                param.requires_grad_(False)
+    released = {k: v for k, v in released.items() if v.requires_grad}
+    private = {k: v for k, v in private.items() if v.requires_grad}
     trainable = [*released.values(), *private.values()]
     anchors = [p.detach().clone() for p in trainable] if t.proximal_mu > 0 else []
     optimizer = _optimizer(trainable, plan)
@@ -196,6 +216,8 @@ def train_round(
         # one: every trained tensor is then a function of noisy, clipped steps, so the released
         # shared module carries the accountant's sample-level guarantee (the private module
         # never leaves the machine, but it must not carry unbounded information into it)
+        head = set(plan.model.extra_trainable)
+        keys = [*released, *private]
         dpsgd = DPSGD(
             [*released.values(), *private.values()],
             [],
@@ -203,6 +225,10 @@ def train_round(
             noise_multiplier=sigma,
             expected_batch_size=rate * n,
             generator=generator,
+            # grouped clipping: the head apart from the LoRA factors (its gradients are orders
+            # of magnitude larger and would take the whole clipping budget)
+            groups=[int(k in head) for k in keys] if dp.clipping == "grouped" else None,
+            group_clip_norms={1: dp.head_clip_norm} if dp.head_clip_norm is not None else None,
         )
         batches = _poisson_batches(n, rate, generator)
     else:
@@ -219,7 +245,7 @@ def train_round(
                     nested.set_level(rng.choice(plan.nested_truncations))
                 indices = next(batches)
                 total = 0.0
-                for part in micro_batches(indices, lengths, t.physical_batch_size):
+                for part in micro_batches(indices, lengths, physical):
                     batch = {k: v.to(device) for k, v in data.batch(part).items()}
                     loss = per_example_loss(model, batch, data.task_type, logit_bias)
                     total += float(loss.detach().sum())
@@ -239,7 +265,8 @@ def train_round(
                     param.grad.add_(param.detach() - anchor, alpha=t.proximal_mu)
                 if penalty is not None:
                     # data-independent, so added after the DP noise: the guarantee is unchanged
-                    reg = penalty.weight * tail_norm(released, plan.model.modules, penalty.keep)
+                    adapter = adapter_parameters(model, TRAINED)  # A too, even when frozen
+                    reg = penalty.weight * tail_norm(adapter, plan.model.modules, penalty.keep)
                     reg.backward()  # type: ignore[no-untyped-call]
                     tails.append(float(reg.detach()) / penalty.weight)
                 optimizer.step()
@@ -272,6 +299,10 @@ def train_round(
     }
     if tails:
         metrics["tail_norm"] = tails[-1]
+    if dpsgd is not None:
+        # how much the clipping norms cut (the LoRA factors' group, and the head's apart)
+        for group, fraction in dpsgd.clipped_fractions().items():
+            metrics["dp_clipped_fraction" + ("_head" if group else "")] = fraction
     return RoundResult(
         tensors={k: final[k].contiguous() for k in plan.upload_shapes()},
         metrics=metrics,

@@ -51,7 +51,9 @@ def _train(
     plan = task.plan.model_copy(
         update={
             "training": task.plan.training.model_copy(update=update),
-            "dp": dp_plan(dp, noise_multiplier=0.0) if dp is not p.DPMode.NONE else task.plan.dp,
+            "dp": dp_plan(dp, noise_multiplier=0.0, recipe="manual")
+            if dp is not p.DPMode.NONE
+            else task.plan.dp,
         }
     )
     start = lora_tensors(spec, 4, seed=1, zero_b=False)
@@ -218,9 +220,10 @@ def test_cosine_schedule_warms_up_then_decays_to_its_floor() -> None:
     assert rates[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert rates[-1] == pytest.approx(p.COSINE_FLOOR)
     assert all(a >= b for a, b in itertools.pairwise(rates[2:]))
-    flat = p.LocalTraining(learning_rate=0.3)
+    flat = p.LocalTraining(learning_rate=0.3, lr_schedule="constant")
     assert {flat.round_learning_rate(r, 10) for r in range(1, 11)} == {0.3}
-    assert p.LocalTraining(lr_schedule="cosine").round_learning_rate(1, 1) == pytest.approx(5e-4)
+    single = p.LocalTraining(lr_schedule="cosine", learning_rate=5e-4)
+    assert single.round_learning_rate(1, 1) == pytest.approx(5e-4)
 
 
 def test_plans_carry_their_rounds_learning_rate() -> None:
@@ -254,7 +257,8 @@ def test_sdflora_private_module_is_clipped_with_the_shared_one_under_sample_dp(
     training = task.plan.training.model_copy(
         update={"optimizer": "sgd", "learning_rate": 1.0, "batch_size": 8}
     )
-    dp = dp_plan(p.DPMode.SAMPLE, noise_multiplier=0.0, clip_norm=1e-6)
+    # one clipping norm for every group (the head's own default would dwarf 1e-6)
+    dp = dp_plan(p.DPMode.SAMPLE, noise_multiplier=0.0, clip_norm=1e-6, head_clip_norm=None)
     plan = task.plan.model_copy(update={"training": training, "dp": dp})
     start = lora_tensors(minilm_spec, 4, seed=1, zero_b=False)
     model = build_peft_model(_no_dropout(load_base_model(minilm, "seq_cls")), plan, start)

@@ -132,6 +132,38 @@ def test_dpsgd_step_clips_each_example_and_adds_calibrated_noise() -> None:
     assert torch.stack(draws).std().item() == pytest.approx(3.0, rel=0.1)
 
 
+def test_grouped_clipping_bounds_each_group_by_its_own_norm_and_noises_it_to_match() -> None:
+    """Grouped clipping: the LoRA factors (group 0, C = 1) and the head (group 1, C = 10) are
+    clipped apart, the clipped fractions are reported per group, and group g's noise std is
+    sigma C_g sqrt(G): the Gaussian mechanism on the groups rescaled to norm 1 each."""
+    lora, head = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    lora.grad_sample = torch.tensor([[3.0, 4.0], [0.6, 0.0]])  # norms 5 (clipped), 0.6
+    head.grad_sample = torch.tensor([[6.0, 8.0], [0.0, 30.0]])  # norms 10 (kept), 30 (clipped)
+    step = DPSGD(
+        [lora, head], [], clip_norm=1.0, noise_multiplier=0.0, expected_batch_size=2.0,
+        generator=secure_generator(0), groups=[0, 1], group_clip_norms={1: 10.0},
+    )  # fmt: skip
+    step.accumulate()
+    assert step.clipped_fractions() == {0: 0.5, 1: 0.5}
+    step.apply(batch_size=0)
+    torch.testing.assert_close(lora.grad, (torch.tensor([0.6, 0.8]) + torch.tensor([0.6, 0.0])) / 2)
+    torch.testing.assert_close(
+        head.grad, (torch.tensor([6.0, 8.0]) + torch.tensor([0.0, 10.0])) / 2
+    )
+    draws: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    for seed in range(300):
+        lora.grad_sample, head.grad_sample = torch.zeros(1, 2), torch.zeros(1, 2)
+        noisy = DPSGD([lora, head], [], clip_norm=1.0, noise_multiplier=1.5,
+                      expected_batch_size=1.0, generator=secure_generator(seed), groups=[0, 1],
+                      group_clip_norms={1: 10.0})  # fmt: skip
+        noisy.apply(batch_size=1)
+        draws[0].append(lora.grad.clone())
+        draws[1].append(head.grad.clone())
+    root2 = 2**0.5
+    assert torch.stack(draws[0]).std().item() == pytest.approx(1.5 * 1.0 * root2, rel=0.1)
+    assert torch.stack(draws[1]).std().item() == pytest.approx(1.5 * 10.0 * root2, rel=0.1)
+
+
 def test_dpsgd_leaves_the_private_module_unnoised() -> None:
     """SDFLoRA: only released parameters are clipped and noised; others get their mean grad."""
     released, private = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(3))
