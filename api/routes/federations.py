@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from api.db import Federation, Membership, RoundState
 from api.deps import CurrentAdmin, EnqueuerDep, PageDep, SessionDep
 from api.schemas.common import ListPublic
+from api.schemas.dp_preview import MAX_DATASET_SIZES, DatasetSize, DPPreviewPublic, DPPreviewRequest
 from api.schemas.federations import (
     FederationCreate,
     FederationPublic,
@@ -20,6 +21,7 @@ from api.schemas.federations import (
     MembershipPublic,
     MembershipUpdate,
 )
+from api.services import dp_preview
 from api.services import federations as svc
 from api.services.common import page
 
@@ -50,6 +52,14 @@ def create_federation(
     return _public(fed, session=session)
 
 
+@router.post("/dp-preview")
+def preview_dp(body: DPPreviewRequest, admin: CurrentAdmin) -> DPPreviewPublic:
+    """What a draft's DP settings do before it starts: for organizations of a few sizes, the
+    logical batch, steps, sigma, epsilon after all rounds and the expected noise-to-signal
+    ratio, with warnings (client-level DP with few organizations, noise above the signal)."""
+    return dp_preview.preview_draft(body=body)
+
+
 @router.get("")
 def list_federations(
     session: SessionDep,
@@ -75,6 +85,26 @@ def get_federation(
 ) -> FederationPublic:
     fed = svc.get_federation(session=session, federation_id=federation_id)
     return _public(fed, session=session)
+
+
+@router.get("/{federation_id}/dp-preview")
+def federation_dp_preview(
+    federation_id: uuid.UUID,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    dataset_sizes: Annotated[
+        list[DatasetSize] | None,
+        Query(
+            max_length=MAX_DATASET_SIZES,
+            description="Organization sizes to preview (repeat); default: the members' "
+            "reported num_examples, else 500, 5,000 and 50,000.",
+        ),
+    ] = None,
+) -> DPPreviewPublic:
+    """The DP preview of this federation's settings, for its members' dataset sizes."""
+    return dp_preview.preview_federation(
+        session=session, federation_id=federation_id, dataset_sizes=dataset_sizes
+    )
 
 
 @router.patch("/{federation_id}")
