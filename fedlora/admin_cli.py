@@ -24,6 +24,7 @@ from rich.table import Table
 
 from fedlora.admin_client import AdminApiError, AdminClient
 from fedlora.admin_config import AdminConfigError, Login, connect, forget_login, save_login
+from fedlora.admin_dp_preview import DEFAULT_SIZES, preview_request, render
 from fedlora.admin_spec import SpecError, federation_body, read_model_spec
 
 out = Console(soft_wrap=True)
@@ -51,17 +52,24 @@ def friendly(command: Callable[P, R]) -> Callable[P, R]:
             hint = ": run `fedlora login` again" if exc.status_code == 401 else ""
             message = f"the server answered {exc.status_code}: {exc.detail}{hint}"
         except httpx.TransportError as exc:
-            url = exc.request.url if exc.request else "the server"
-            message = (
-                f"cannot reach {url} ({type(exc).__name__}: {exc}); is the API running "
-                "(`fedlora serve`) and the URL right?"
-            )
+            message = _unreachable(exc)
         except (AdminConfigError, SpecError, CliError) as exc:
             message = str(exc)
         err.print(f"[bold red]error[/] {message}", highlight=False)
         raise typer.Exit(1)
 
     return wrapper
+
+
+def _unreachable(exc: httpx.TransportError) -> str:
+    try:
+        url: object = exc.request.url
+    except RuntimeError:  # no request attached
+        url = "the server"
+    return (
+        f"cannot reach {url} ({type(exc).__name__}: {exc}); is the API running "
+        "(`fedlora serve`) and the URL right?"
+    )
 
 
 def _client(url: str | None) -> AdminClient:
@@ -282,10 +290,24 @@ def federation_create(
     body: Path | None = typer.Option(
         None, help="A JSON body of POST /api/v1/federations to start from; options override it."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the request body; send nothing."),
+    size: list[int] | None = typer.Option(
+        None,
+        "--size",
+        min=1,
+        help=f"An organization's size in examples to preview DP for (repeat); default "
+        f"{DEFAULT_SIZES}.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the request body and its DP preview; create nothing."
+    ),
     url: str | None = URL_OPTION,
 ) -> None:
     """Create a draft federation over the model `fedlora-client inspect` described; prints its id.
+
+    First prints the DP preview (on stderr): for organizations of a few sizes, the batch,
+    steps, sigma, epsilon after all rounds and noise-to-signal, and the warnings to read
+    before starting it. Settings that no noise multiplier can meet are refused before anything
+    is created.
 
     Example: fedlora federation create --name sst2 --model-spec spec.json
     --base-model-id all-MiniLM-L6-v2 --clients-per-round 2 --rounds 5 --dp none
@@ -326,16 +348,62 @@ def federation_create(
         },
         training=training or [],
     )
+    preview_body = preview_request(request, size)
     if dry_run:
         out.print_json(json.dumps(request))
+        _dry_run_preview(url, preview_body)
         return
     with _client(url) as admin:
+        preview = admin.dp_preview(preview_body)
         fed_id = admin.create_federation(request)
+    err.print(render(preview))
     err.print(
         f"[green]created[/] federation {request['name']} (draft): add members with "
         f"`fedlora federation add-member {fed_id} CLIENT --rank-budget R`, then start it"
     )
     out.print(fed_id)
+
+
+def _dry_run_preview(url: str | None, body: dict[str, Any]) -> None:
+    """The draft's DP preview on stderr; without a server or a login, a note instead (the dry
+    run's request body stands on its own). The server's refusal of the settings is an error."""
+    try:
+        with _client(url) as admin:
+            preview = admin.dp_preview(body)
+    except (AdminConfigError, httpx.TransportError, AdminApiError) as exc:
+        if isinstance(exc, AdminApiError) and exc.status_code != 401:
+            raise
+        if isinstance(exc, httpx.TransportError):
+            reason = _unreachable(exc)
+        elif isinstance(exc, AdminApiError):
+            reason = f"the server answered 401: {exc.detail}: run `fedlora login` again"
+        else:
+            reason = str(exc)
+        err.print(f"[yellow]no DP preview[/] (it needs the server): {reason}", highlight=False)
+        return
+    err.print(render(preview))
+
+
+@federation_app.command("dp-preview")
+@friendly
+def federation_dp_preview(
+    federation: str = typer.Argument(..., help="Federation id or name."),
+    size: list[int] | None = typer.Option(
+        None,
+        "--size",
+        min=1,
+        help="An organization's size in examples (repeat, at most 12); "
+        f"default: the members' reported sizes, else {DEFAULT_SIZES}.",
+    ),
+    url: str | None = URL_OPTION,
+) -> None:
+    """What the federation's DP settings do to its organizations: for each size, the batch,
+    steps per round, sigma, epsilon after all rounds and the expected noise-to-signal ratio,
+    with the warnings to read before starting it (e.g. client-level DP with few organizations).
+    """
+    with _client(url) as admin:
+        preview = admin.federation_dp_preview(_federation_id(admin, federation), size or None)
+    out.print(render(preview))
 
 
 @federation_app.command("list")

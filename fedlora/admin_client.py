@@ -124,6 +124,22 @@ class AdminClient:
         result: dict[str, Any] = self._call("GET", f"/federations/{federation_id}")
         return result
 
+    def dp_preview(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A draft's DP preview (``POST /federations/dp-preview``): per organization size the
+        batch, steps, sigma, epsilon and noise-to-signal, with warnings."""
+        result: dict[str, Any] = self._call("POST", "/federations/dp-preview", json=body)
+        return result
+
+    def federation_dp_preview(
+        self, federation_id: str, dataset_sizes: list[int] | None = None
+    ) -> dict[str, Any]:
+        """An existing federation's DP preview, for ``dataset_sizes`` or its members' sizes."""
+        params = {"dataset_sizes": dataset_sizes} if dataset_sizes else None
+        result: dict[str, Any] = self._call(
+            "GET", f"/federations/{federation_id}/dp-preview", params=params
+        )
+        return result
+
     def add_member(self, federation_id: str, client_id: str, rank_budget: int) -> None:
         body = {"client_id": client_id, "rank_budget": rank_budget}
         self._call("POST", f"/federations/{federation_id}/memberships", json=body)

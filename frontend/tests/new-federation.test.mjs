@@ -1,10 +1,11 @@
 // The New-federation form against the real API: its own defaults submit as they stand, the
 // whole `fedlora-client inspect` output pasted into "Modules" fills the model's fields, the
-// two ways to set the DP noise exclude each other, and a seq_cls model without its
-// classification head is refused with the command that fixes it.
+// two ways to set the DP noise exclude each other, a seq_cls model without its classification
+// head is refused with the command that fixes it, and the privacy preview shows what the DP
+// settings do (epsilon, noise-to-signal) with its warnings before anything is created.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { HAS_API, MODEL_SPEC, adminApi, openBrowser, screenshot, signIn, unique } from "./harness.mjs";
+import { HAS_API, MODEL_SPEC, adminApi, chartRows, openBrowser, screenshot, signIn, unique } from "./harness.mjs";
 
 const opts = { skip: HAS_API ? false : "needs the API (run scripts/frontend-test)" };
 
@@ -106,4 +107,48 @@ test("a seq_cls model without its classification head is refused with the fix", 
     await alert.waitFor();
     assert.match(await alert.innerText(), /fedlora-client inspect <model dir> --task seq_cls/);
     await screenshot(page, "federation-new-headless-seq-cls");
+  }));
+
+test("the privacy preview shows epsilon per organization size and warns about client-level DP with few clients", opts, () =>
+  withForm(async (page) => {
+    const panel = page.getByRole("group", { name: "Privacy preview" });
+    await panel.getByText("Fill in the global rank").waitFor(); // nothing to preview yet
+    await basics(page, unique("Preview"), "causal_lm"); // rank 4, 2 rounds, 2 clients per round
+    await page.getByLabel("Modules", { exact: true }).fill(JSON.stringify(MODEL_SPEC.modules));
+    const table = panel.getByRole("table", { name: "Privacy preview" });
+    const rows = table.locator("tbody tr");
+
+    // the form's defaults: sample-level DP calibrated to epsilon 8, for the default sizes
+    await rows.filter({ hasText: "50,000 examples" }).waitFor();
+    for (const [size, , , sigma, epsilon] of await chartRows(page, "Privacy preview")) {
+      assert.ok(Math.abs(Number(epsilon) - 8) < 0.05, `${size}: epsilon ${epsilon}`);
+      assert.ok(Number(sigma) > 0, `${size}: sigma ${sigma}`);
+    }
+    await panel.getByLabel("Organization sizes").fill("800, 20000");
+    await rows.filter({ hasText: "20,000 examples" }).waitFor();
+    assert.deepEqual((await chartRows(page, "Privacy preview")).map((r) => r[0]), ["800 examples", "20,000 examples"]);
+
+    // client-level DP with 2 organizations per round: warned, and the noise swamps the update
+    const dp = page.getByRole("group", { name: "Differential privacy" });
+    await dp.getByLabel("Mode", { exact: true }).selectOption("client");
+    await dp.getByLabel("Noise multiplier").fill("1");
+    const warnings = panel.getByRole("list", { name: "Privacy warnings" });
+    const few = warnings.getByText("client-level DP adds noise the size of one whole update to an average over 2 organizations");
+    await few.waitFor();
+    // A and B at rank 4 of two 32 x 32 modules: d = 512; 2 clients' noises average to sqrt(512 / 2)
+    const [, , , sigma, epsilon, ratio] = (await chartRows(page, "Privacy preview"))[0];
+    assert.equal(sigma, "1");
+    assert.ok(Number(epsilon) > 0, `epsilon ${epsilon}`);
+    assert.equal(ratio, "16");
+    await warnings.getByText("the noise outweighs the signal").waitFor();
+    await screenshot(page, "federation-new-privacy-preview");
+
+    // with many organizations per round the crowd warning goes (the noise still dominates)
+    await page.getByRole("group", { name: "Federation" }).getByLabel("Clients per round").fill("100");
+    await few.waitFor({ state: "detached" });
+    await warnings.getByText("the noise outweighs the signal").waitFor();
+    // nothing was created by previewing
+    const api = await adminApi();
+    const all = await api.get("/federations?limit=500");
+    assert.ok(!all.data.some((f) => f.name.startsWith("Preview-")));
   }));

@@ -6,6 +6,7 @@ import type { components } from "../api/client";
 import formSchemas from "../api/form-schemas.gen.json";
 import { useServerErrors } from "../components/form";
 import { buildBody, fieldPaths, initialValues, labelOf, resolve, SchemaFields, type JsonSchema, type Schemas, type Values } from "../components/SchemaForm";
+import { PrivacyPreview } from "../components/PrivacyPreview";
 import { Loading } from "../components/states";
 import { Field, PageHeader } from "../components/ui";
 
@@ -146,6 +147,8 @@ export default function NewFederationPage() {
   }
 
   const fieldProps = { schemas, values, errors: errors.fields, onChange };
+  // The body as it would be sent (without the strategy's parameters): the privacy preview's input.
+  const draft = useMemo(() => buildBody(root, schemas, values), [values]);
 
   return (
     <>
@@ -208,6 +211,7 @@ export default function NewFederationPage() {
             <SchemaFields schema={rootProps[name]} {...fieldProps} prefix={name} />
           </fieldset>
         ))}
+        <PrivacyPreview draft={draft} />
         {errors.form && (
           <p className="banner banner-error" role="alert">
             {errors.form}
