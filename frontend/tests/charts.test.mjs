@@ -59,6 +59,10 @@ const rounds = [1, 2, 3].map((n) => ({
   job_duration_seconds: n < 3 ? 1.8 : null,
   job_device: n < 3 ? "cuda:0" : null,
   job_peak_memory_bytes: n < 3 ? 512 * 1024 ** 2 : null,
+  kind: "training",
+  // the federated evaluation of the adapter the round published (round 2's is the best)
+  evaluation: n < 3 ? { loss: 0.9 - 0.2 * n, accuracy: 0.6 + 0.1 * n, perplexity: null, num_examples: 300, num_clients: 3 } : null,
+  best: n === 2,
 }));
 const tasks = (r) =>
   clients.map((c, i) => ({
@@ -155,11 +159,13 @@ test("the federation page draws its charts and timeline from the API's data", as
 
     const loss = "Training loss and evaluation metric per round";
     await b.page.getByRole("img", { name: loss }).locator("canvas").first().waitFor();
+    // round, train loss, federated eval loss, accuracy, perplexity, clients, best
     assert.deepEqual(await chartRows(b.page, loss), [
-      ["1", "1.3", "0.7"],
-      ["2", "0.65", "0.8"],
-      ["3", "0.4", "—"],
+      ["1", "1.3", "0.7", "0.7", "—", "3", ""],
+      ["2", "0.65", "0.5", "0.8", "—", "3", "best"],
+      ["3", "0.4", "—", "—", "—", "—", ""],
     ]);
+    assert.match(await b.page.locator("figcaption").first().innerText(), /best adapter so far is round 2's \(accuracy 0\.8\)/);
     const eps = "Epsilon spent per client against the budget";
     assert.deepEqual(
       (await chartRows(b.page, eps)).map((r) => r.slice(0, 2)),
@@ -184,6 +190,7 @@ test("the federation page draws its charts and timeline from the API's data", as
     assert.match(await round2.innerText(), /stragglers: lab-c/);
     assert.match(await round2.innerText(), /device cuda:0/);
     assert.match(await round2.innerText(), /aggregation 1\.8 s/);
+    assert.match(await round2.innerText(), /federated evaluation: accuracy 0\.8 · loss 0\.5 \(3 clients, 300 examples\)\s*best/i);
     await screenshot(b.page, "federation-with-history");
     assert.deepEqual(b.errors.map(String), []);
   } finally {

@@ -2,7 +2,9 @@
 // the packaged MiniLM on CPU) and a real worker (`fedlora worker --beat`, started by
 // scripts/frontend-test) take part while the
 // admin creates the federation in the browser, starts it, watches rounds complete live, sees
-// the charts fill with data and downloads the global adapter.
+// the charts fill with data (the federated evaluation of round 1's adapter while round 2 is
+// still running; the final adapter's after the evaluation pass), and downloads the best and
+// the final adapter.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -56,7 +58,9 @@ test("watch rounds complete while SDK clients and the worker take part; download
     const words = ["good", "great", "bad", "awful", "fine", "poor"];
     writeFileSync(
       join(dir, "data.jsonl"),
-      Array.from({ length: 24 }, (_, i) => JSON.stringify({ text: `this is ${words[i % 6]} number ${i}`, label: Number(i % 6 < 2) })).join("\n"),
+      // 60 rows: the SDK holds out the few whose content hash falls in its 10% (here 5) and
+      // scores each published adapter on them.
+      Array.from({ length: 60 }, (_, i) => JSON.stringify({ text: `this is ${words[i % 6]} number ${i}`, label: Number(i % 6 < 2) })).join("\n"),
     );
     const layers = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.5.attention.self.query"];
     const spec = JSON.parse(
@@ -88,7 +92,7 @@ test("watch rounds complete while SDK clients and the worker take part; download
           `path = "${join(dir, "data.jsonl")}"`,
           "[run]",
           "wait_seconds = 5",
-          "max_rounds = 2",
+          "max_rounds = 0", // both rounds and the evaluation pass after them; stopped below
         ].join("\n"),
       );
       clients.push({ name, home, id: JSON.parse(readFileSync(join(home, "creds.json"), "utf8")).client_id });
@@ -113,8 +117,8 @@ test("watch rounds complete while SDK clients and the worker take part; download
     await basics.getByLabel("Min clients").fill("2");
     await basics.getByLabel("Round deadline seconds").fill("300");
     const training = b.page.getByRole("group", { name: "Local training" });
-    await training.getByLabel("Steps").fill("2");
-    await training.getByLabel("Batch size").fill("8");
+    await training.getByLabel("Steps").fill("6"); // long enough to watch round 2 run
+    await training.getByLabel("Batch size", { exact: true }).fill("8");
     const dp = b.page.getByRole("group", { name: "Differential privacy" });
     await dp.getByLabel("Noise multiplier").fill("1.0");
     await dp.getByLabel("Epsilon budget").fill("50");
@@ -137,9 +141,24 @@ test("watch rounds complete while SDK clients and the worker take part; download
     assert.match(await round(1).innerText(), /2\/2 updates/);
 
     // The charts fill with the round's data, live (no reload).
-    const lossRows = await chartRows(b.page, "Training loss and evaluation metric per round");
+    const LOSS = "Training loss and evaluation metric per round";
+    const lossRows = await chartRows(b.page, LOSS);
     assert.equal(lossRows[0][0], "1");
     assert.ok(Number(lossRows[0][1]) > 0, `a training loss for round 1: ${lossRows[0]}`);
+
+    // Round 2's clients score round 1's adapter before they train: the evaluation curve fills
+    // in while round 2 runs (columns: round, train loss, eval loss, eval accuracy, ...).
+    let seen = null;
+    for (let i = 0; i < 600 && !seen; i++) {
+      const row = (await chartRows(b.page, LOSS)).find((r) => r[0] === "1");
+      if (row && row[3] !== "—") seen = { row, round2: await round(2).locator(".badge").first().innerText() };
+      else await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.ok(seen, "round 1's adapter was never scored");
+    assert.ok(Number(seen.row[2]) > 0, `a federated eval loss: ${seen.row}`);
+    assert.ok(Number(seen.row[3]) >= 0 && Number(seen.row[3]) <= 1, `an accuracy: ${seen.row}`);
+    assert.match(seen.round2, /open|aggregating/i, "scored while round 2 was still running");
+    await screenshot(b.page, "federation-eval-filling-in");
     const eps = await chartRows(b.page, "Epsilon spent per client against the budget");
     assert.ok(eps.every((r) => Number(r[1]) > 0), `each client spent epsilon: ${JSON.stringify(eps)}`);
     const sent = await chartRows(b.page, "Bytes uploaded per client");
@@ -151,15 +170,30 @@ test("watch rounds complete while SDK clients and the worker take part; download
     // Both rounds done: the federation completes and its adapters download as PEFT folders.
     await b.page.getByRole("heading", { name: fed, level: 1 }).getByText("completed", { exact: true }).waitFor({ timeout: 150_000 });
     await round(2).getByText("completed", { exact: true }).waitFor();
+    // The evaluation pass after the last round: both members score the final adapter.
+    await round(3).getByText("final evaluation").waitFor();
+    await round(3).getByText("completed", { exact: true }).waitFor({ timeout: 150_000 });
+    const scored = await chartRows(b.page, LOSS);
+    assert.deepEqual(scored.map((r) => r[5]), ["2", "2"], `every adapter scored by both: ${JSON.stringify(scored)}`);
+    const best = scored.filter((r) => r[6] === "best").map((r) => r[0]);
+    assert.equal(best.length, 1, "one adapter is marked best");
     await screenshot(b.page, "federation-completed");
     await b.page.getByRole("link", { name: "Artifacts", exact: true }).click();
     await b.page.getByRole("combobox", { name: "Federation", exact: true }).selectOption({ label: fed });
-    const download = b.page.waitForEvent("download");
-    await b.page.getByRole("button", { name: "Download round 1 adapter" }).click();
-    const file = await (await download).path();
-    const tar = readFileSync(file).toString("latin1");
-    assert.match(tar, /adapter_config\.json/);
-    assert.match(tar, /adapter_model\.safetensors/);
+    const adapters = b.page.getByRole("table", { name: "Global adapters" });
+    await adapters.locator("tbody tr").first().waitFor();
+    // the Round cell: its number, then its badges
+    const marks = await adapters.locator("tbody tr").evaluateAll((trs) => trs.map((tr) => tr.cells[0].textContent));
+    assert.ok(marks.some((t) => /^2(best)?final$/.test(t)), `round 2's adapter is the final one: ${marks}`);
+    assert.ok(marks.some((t) => t.startsWith(`${best[0]}best`)), `round ${best[0]}'s is the best: ${marks}`);
+    for (const n of new Set([best[0], "2"])) {
+      const download = b.page.waitForEvent("download");
+      await b.page.getByRole("button", { name: `Download round ${n} adapter` }).click();
+      const file = await (await download).path();
+      const tar = readFileSync(file).toString("latin1");
+      assert.match(tar, /adapter_config\.json/);
+      assert.match(tar, /adapter_model\.safetensors/);
+    }
     await screenshot(b.page, "artifacts-with-adapters");
     assert.deepEqual(b.errors.map(String), []);
   } catch (e) {

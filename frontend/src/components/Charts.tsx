@@ -10,7 +10,14 @@ import { Empty } from "./states";
 export interface RoundPoint {
   round: number;
   train_loss?: number | null;
-  eval?: number | null;
+  /** Federated evaluation of the adapter this round published (example-weighted). */
+  eval_loss?: number | null;
+  eval_accuracy?: number | null;
+  eval_perplexity?: number | null;
+  /** Clients that scored it so far. */
+  eval_clients?: number | null;
+  /** This round published the best adapter by federated evaluation. */
+  best?: boolean;
 }
 export interface ClientValue {
   client: string;
@@ -110,36 +117,91 @@ function Plot({
 
 const bars = () => uPlot.paths.bars!({ size: [0.6, 56] });
 
-export function LossChart({ data, evalName }: { data: RoundPoint[]; evalName: string | null }) {
+/** A vertical dashed line with a label at ``x`` (the best adapter's round). */
+function markRound(t: ReturnType<typeof theme>, x: number | null, label: string) {
+  return (u: uPlot) => {
+    if (x == null) return;
+    const px = u.valToPos(x, "x", true);
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.strokeStyle = t.ok;
+    ctx.fillStyle = t.ok;
+    ctx.lineWidth = 1.5 * uPlot.pxRatio;
+    ctx.setLineDash([5 * uPlot.pxRatio, 4 * uPlot.pxRatio]);
+    ctx.beginPath();
+    ctx.moveTo(px, u.bbox.top);
+    ctx.lineTo(px, u.bbox.top + u.bbox.height);
+    ctx.stroke();
+    ctx.font = `${11 * uPlot.pxRatio}px system-ui, sans-serif`;
+    ctx.fillText(label, px + 4 * uPlot.pxRatio, u.bbox.top + 12 * uPlot.pxRatio);
+    ctx.restore();
+  };
+}
+
+/**
+ * Per round: the clients' mean training loss, and the federated evaluation of the adapter the
+ * round published (its loss on the left axis with the training loss; accuracy on the right
+ * for classification), with the best adapter's round marked.
+ */
+export function LossChart({ data }: { data: RoundPoint[] }) {
+  const hasEval = data.some((d) => d.eval_loss != null);
+  const hasAccuracy = data.some((d) => d.eval_accuracy != null);
+  const best = data.find((d) => d.best)?.round ?? null;
   const build = useMemo(
     () => (t: ReturnType<typeof theme>) => {
       const series: uPlot.Series[] = [
         { label: "round" },
         { label: "train loss", stroke: t.a, width: 2, scale: "loss", points: { size: 6, fill: t.a }, spanGaps: true },
       ];
-      const axes = [axis(t, { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }), axis(t, { scale: "loss", label: "train loss", labelFont: t.font })];
+      const axes = [axis(t, { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }), axis(t, { scale: "loss", label: "loss", labelFont: t.font })];
       const cols: (number | null)[][] = [data.map((d) => d.round), data.map((d) => d.train_loss ?? null)];
-      if (evalName) {
-        series.push({ label: evalName, stroke: t.b, width: 2, scale: "eval", points: { size: 6, fill: t.b }, spanGaps: true });
-        axes.push(axis(t, { scale: "eval", side: 1, grid: { show: false }, label: evalName, labelFont: t.font }));
-        cols.push(data.map((d) => d.eval ?? null));
+      if (hasEval) {
+        series.push({ label: "federated eval loss", stroke: t.warn, width: 2, dash: [6, 4], scale: "loss", points: { size: 6, fill: t.warn }, spanGaps: true });
+        cols.push(data.map((d) => d.eval_loss ?? null));
+      }
+      if (hasAccuracy) {
+        series.push({ label: "federated eval accuracy", stroke: t.b, width: 2, scale: "accuracy", points: { size: 6, fill: t.b }, spanGaps: true });
+        axes.push(axis(t, { scale: "accuracy", side: 1, grid: { show: false }, label: "accuracy", labelFont: t.font }));
+        cols.push(data.map((d) => d.eval_accuracy ?? null));
       }
       return {
-        opts: { series, axes, scales: { x: { time: false } }, legend: { show: true } },
+        opts: {
+          series,
+          axes,
+          scales: { x: { time: false }, accuracy: { range: (): uPlot.Range.MinMax => [0, 1] } },
+          legend: { show: true },
+          hooks: { draw: [markRound(t, best, "best")] },
+        },
         data: cols as uPlot.AlignedData,
       };
     },
-    [data, evalName],
+    [data, hasEval, hasAccuracy, best],
   );
   if (!data.length) return <Empty title="No completed rounds yet">Loss and evaluation appear after round 1.</Empty>;
+  const bestPoint = data.find((d) => d.best);
+  const bestText = bestPoint
+    ? ` The best adapter so far is round ${bestPoint.round}'s${bestPoint.eval_accuracy != null ? ` (accuracy ${num(bestPoint.eval_accuracy)})` : ` (loss ${num(bestPoint.eval_loss)})`}.`
+    : "";
   return (
     <Plot
       label="Training loss and evaluation metric per round"
-      caption={`Mean client training loss per round${evalName ? `; ${evalName} of the global adapter on the right axis` : ""}.`}
+      caption={
+        hasEval
+          ? `Mean client training loss per round, and the federated evaluation of the global adapter each round published: every member scores it on its own held-out data when the next round starts (the last one in a final evaluation pass), weighted by example count.${bestText}`
+          : "Mean client training loss per round. The federated evaluation of each round's adapter appears when the next round's clients have scored it."
+      }
       build={build}
       table={{
-        head: ["round", "train loss", ...(evalName ? [evalName] : [])],
-        rows: data.map((d) => [d.round, num(d.train_loss), ...(evalName ? [num(d.eval)] : [])]),
+        head: ["round", "train loss", "eval loss", "eval accuracy", "eval perplexity", "clients", "best"],
+        rows: data.map((d) => [
+          d.round,
+          num(d.train_loss),
+          num(d.eval_loss),
+          num(d.eval_accuracy),
+          num(d.eval_perplexity),
+          d.eval_clients ?? "—",
+          d.best ? "best" : "",
+        ]),
       }}
     />
   );

@@ -48,6 +48,13 @@ function Download({ adapter, federation }: { adapter: Adapter; federation: strin
   );
 }
 
+/** The federated evaluation of an adapter, in words ("—" until a later round scored it). */
+function evaluationText(e: Adapter["evaluation"]): string {
+  if (!e) return "—";
+  const head = e.accuracy != null ? `accuracy ${num(e.accuracy)} · ` : e.perplexity != null ? `perplexity ${num(e.perplexity)} · ` : "";
+  return `${head}loss ${num(e.loss)} · ${e.num_clients} client${e.num_clients === 1 ? "" : "s"}`;
+}
+
 function metricsText(m: Record<string, unknown>): string {
   const entries = Object.entries(m).filter(([, v]) => typeof v === "number");
   return entries.length ? entries.map(([k, v]) => `${k} ${num(v as number)}`).join(" · ") : "—";
@@ -63,6 +70,7 @@ export default function ArtifactsPage() {
   });
   const fedId = selected || feds.data?.data[0]?.id || "";
   const fedName = feds.data?.data.find((f) => f.id === fedId)?.name ?? "federation";
+  const completed = feds.data?.data.find((f) => f.id === fedId)?.status === "completed";
   const adapters = useQuery({
     queryKey: ["federation", fedId, "adapters"],
     queryFn: () =>
@@ -76,7 +84,10 @@ export default function ArtifactsPage() {
 
   return (
     <>
-      <PageHeader title="Artifacts" subtitle="Global adapters per round, with lineage. Each downloads as a PEFT folder." />
+      <PageHeader
+        title="Artifacts"
+        subtitle="Global adapters per round, with lineage and federated evaluation; the best and the final one are marked. Each downloads as a PEFT folder."
+      />
       <QueryView
         query={feds}
         label="federations"
@@ -112,6 +123,7 @@ export default function ArtifactsPage() {
                         <th scope="col" className="num">
                           Round
                         </th>
+                        <th scope="col">Federated evaluation</th>
                         <th scope="col">Strategy</th>
                         <th scope="col" className="num">
                           Updates
@@ -130,7 +142,20 @@ export default function ArtifactsPage() {
                         .sort((x, y) => y.round_number - x.round_number)
                         .map((ad) => (
                           <tr key={ad.id}>
-                            <td className="num">{ad.round_number}</td>
+                            <td className="num">
+                              {ad.round_number}
+                              {ad.is_best && (
+                                <span className="badge badge-ok" style={{ marginLeft: "0.4rem" }} title="Best by federated evaluation">
+                                  best
+                                </span>
+                              )}
+                              {ad.is_latest && (
+                                <span className="badge badge-info" style={{ marginLeft: "0.4rem" }}>
+                                  {completed ? "final" : "latest"}
+                                </span>
+                              )}
+                            </td>
+                            <td>{evaluationText(ad.evaluation)}</td>
                             <td>
                               <span className="chip">{ad.strategy}</span>
                             </td>

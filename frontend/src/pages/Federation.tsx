@@ -25,13 +25,10 @@ function metric(m: Record<string, unknown> | undefined, ...names: string[]): num
   return null;
 }
 
-/** The global adapter's evaluation metric: the first numeric metric whose name starts with eval. */
-function evalName(adapters: Adapter[]): string | null {
-  for (const a of adapters) {
-    const k = Object.keys(a.metrics ?? {}).find((x) => x.startsWith("eval") && typeof a.metrics[x] === "number");
-    if (k) return k;
-  }
-  return null;
+/** "accuracy 0.81 · loss 0.42 (3 clients)": a federated evaluation in words. */
+function scoreText(e: S["EvaluationPublic"]): string {
+  const first = e.accuracy != null ? `accuracy ${num(e.accuracy)} · ` : e.perplexity != null ? `perplexity ${num(e.perplexity)} · ` : "";
+  return `${first}loss ${num(e.loss)} (${e.num_clients} client${e.num_clients === 1 ? "" : "s"}, ${e.num_examples} examples)`;
 }
 
 function planRank(plan: Record<string, unknown>): number | null {
@@ -299,23 +296,37 @@ function Timeline({
           const stragglers = r.state === "open" ? [] : ts.filter((t) => !done.has(t.status) && t.status !== "released");
           const roundTime = durationBetween(r.opened_at, r.aggregating_at ?? r.failed_at ?? (r.state === "open" ? new Date().toISOString() : null));
           const aggTime = r.job_duration_seconds ?? durationBetween(r.aggregating_at, r.completed_at);
+          const evaluating = r.kind === "evaluation";
           return (
             <li key={r.id} className={`t-${r.state}`}>
               <div className="t-head">
                 <strong>Round {r.number}</strong>
+                {evaluating && <span className="chip">final evaluation</span>}
                 <StatusBadge status={r.state} />
                 <span className="t-meta">
                   <span>opened {ago(r.opened_at)}</span>
                   <span>
-                    {ts.filter((t) => done.has(t.status)).length}/{ts.length} updates (min {r.min_updates})
+                    {ts.filter((t) => done.has(t.status)).length}/{ts.length} {evaluating ? "scores" : "updates"}
+                    {!evaluating && ` (min ${r.min_updates})`}
                   </span>
                   <span>round {seconds(roundTime)}</span>
-                  <span>aggregation {seconds(aggTime)}</span>
+                  {!evaluating && <span>aggregation {seconds(aggTime)}</span>}
                   {r.job_device && <span>device {r.job_device}</span>}
                   {r.job_peak_memory_bytes != null && <span>peak {bytes(r.job_peak_memory_bytes)}</span>}
                   {r.state === "open" && <span>deadline {dateTime(r.deadline_at)}</span>}
                 </span>
               </div>
+              {evaluating && (
+                <p className="muted" style={{ margin: "0.2rem 0 0" }}>
+                  Members score the final adapter on their own data; nothing is trained.
+                </p>
+              )}
+              {r.evaluation && (
+                <p className="muted" style={{ margin: "0.2rem 0 0" }}>
+                  Its adapter, federated evaluation: {scoreText(r.evaluation)}
+                  {r.best && <span className="badge badge-ok" style={{ marginLeft: "0.4rem" }}>best</span>}
+                </p>
+              )}
               {r.failure_reason && <p className="field-error">{r.failure_reason}</p>}
               {ts.length > 0 && (
                 <div style={{ marginTop: "0.4rem" }}>
@@ -357,7 +368,9 @@ export default function FederationPage({ id }: { id: string }) {
     refetchInterval: (q) => (q.state.data?.status === "running" ? LIVE_MS : false),
   });
   const live = fed.data?.status === "running";
-  const poll = live ? LIVE_MS : false;
+  // a round still open or aggregating (the evaluation pass after the last training round
+  // runs after the federation completed) keeps the page polling too
+  const final = (state: string) => state === "completed" || state === "failed";
   // When the status changes (the last round published, or an admin paused), fetch everything
   // once more: polling stops with "running", and the last round must not stay "aggregating".
   const qc = useQueryClient();
@@ -371,8 +384,9 @@ export default function FederationPage({ id }: { id: string }) {
   const rounds = useQuery({
     queryKey: ["federation", id, "rounds"],
     queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/rounds", list)),
-    refetchInterval: poll,
+    refetchInterval: (q) => (live || q.state.data?.data.some((r) => !final(r.state)) ? LIVE_MS : false),
   });
+  const poll = live || rounds.data?.data.some((r) => !final(r.state)) ? LIVE_MS : false;
   const members = useQuery({
     queryKey: ["federation", id, "memberships"],
     queryFn: () => call(api.GET("/api/v1/federations/{federation_id}/memberships", list)),
@@ -381,7 +395,6 @@ export default function FederationPage({ id }: { id: string }) {
   // Tasks and updates are listed per round: a finished round never changes, so it is
   // fetched once; only rounds still open or aggregating are polled.
   const roundList = rounds.data?.data ?? [];
-  const final = (state: string) => state === "completed" || state === "failed";
   const taskQueries = useQueries({
     queries: roundList.map((r) => ({
       queryKey: ["round", r.id, "tasks", final(r.state)],
@@ -426,7 +439,6 @@ export default function FederationPage({ id }: { id: string }) {
     const ups: Update[] = allUpdates;
     const ads: Adapter[] = adapters.data?.data ?? [];
     const rs = rounds.data?.data ?? [];
-    const ev = evalName(ads);
     const byRoundId = new Map(rs.map((r) => [r.id, r.number]));
     const loss = new Map<number, number[]>();
     for (const u of ups) {
@@ -438,9 +450,20 @@ export default function FederationPage({ id }: { id: string }) {
     for (const [n, ls] of loss) points.set(n, { round: n, train_loss: ls.reduce((a, b) => a + b, 0) / ls.length });
     for (const a of ads) {
       const p = points.get(a.round_number) ?? { round: a.round_number };
-      p.eval = ev ? metric(a.metrics, ev) : null;
       p.train_loss ??= metric(a.metrics, "train_loss", "loss");
       points.set(a.round_number, p);
+    }
+    // The federated evaluation of the adapter each round published (scored by the next
+    // round's clients, the last one by the evaluation pass), and the best adapter's round.
+    for (const r of rs) {
+      if ((r.kind ?? "training") !== "training" || (!r.evaluation && !r.best)) continue;
+      const p = points.get(r.number) ?? { round: r.number };
+      p.eval_loss = r.evaluation?.loss ?? null;
+      p.eval_accuracy = r.evaluation?.accuracy ?? null;
+      p.eval_perplexity = r.evaluation?.perplexity ?? null;
+      p.eval_clients = r.evaluation?.num_clients ?? null;
+      p.best = r.best;
+      points.set(r.number, p);
     }
     const bytesBy = new Map<string, number>();
     for (const u of ups) bytesBy.set(u.client_id, (bytesBy.get(u.client_id) ?? 0) + u.size);
@@ -448,7 +471,6 @@ export default function FederationPage({ id }: { id: string }) {
     const ranks = new Map<number, number>();
     for (const m of ms) ranks.set(m.rank_budget, (ranks.get(m.rank_budget) ?? 0) + 1);
     return {
-      evalName: ev,
       loss: [...points.values()].sort((a, b) => a.round - b.round),
       epsilon: ms.map((m) => ({ client: nameOf(m.client_id), value: m.epsilon_spent })),
       ranks: [...ranks.entries()].sort((a, b) => a[0] - b[0]).map(([r, c]) => ({ rank: String(r), members: c })),
@@ -467,8 +489,10 @@ export default function FederationPage({ id }: { id: string }) {
   const f = fed.data!;
   const rs = rounds.data?.data ?? [];
   // A failed round is replaced by a new one, so round numbers can pass num_rounds: count
-  // completed rounds against num_rounds and show failed ones on their own.
-  const training = rs;
+  // completed rounds against num_rounds and show failed ones on their own. The evaluation
+  // pass after the last round trains nothing and is not counted.
+  const training = rs.filter((r) => (r.kind ?? "training") === "training");
+  const bestRound = rs.find((r) => r.best);
   const completed = training.filter((r) => r.state === "completed").length;
   const failed = training.filter((r) => r.state === "failed").length;
   const inProgress = training.find((r) => r.state === "open" || r.state === "aggregating");
@@ -519,6 +543,12 @@ export default function FederationPage({ id }: { id: string }) {
           <dd>{f.global_rank}</dd>
         </div>
         <div className="stat">
+          <dt>Best adapter</dt>
+          <dd title={bestRound?.evaluation ? scoreText(bestRound.evaluation) : "No adapter scored yet"}>
+            {bestRound ? <Link href={`/artifacts?federation=${id}`}>round {bestRound.number}</Link> : "—"}
+          </dd>
+        </div>
+        <div className="stat">
           <dt>Epsilon budget</dt>
           <dd>{dpOff ? "DP off" : (budget ?? "—")}</dd>
         </div>
@@ -527,7 +557,7 @@ export default function FederationPage({ id }: { id: string }) {
       <div className="grid-2">
         <Section title="Loss and evaluation">
           <QueryView query={updatesState} label="updates">
-            {() => <LossChart data={charts.loss} evalName={charts.evalName} />}
+            {() => <LossChart data={charts.loss} />}
           </QueryView>
         </Section>
         <Section title="Privacy budget">
@@ -554,7 +584,7 @@ export default function FederationPage({ id }: { id: string }) {
         </Section>
       </div>
 
-      <Section title="Round timeline" actions={live ? <span className="live">polling every 2 s</span> : undefined}>
+      <Section title="Round timeline" actions={poll ? <span className="live">polling every 2 s</span> : undefined}>
         <QueryView query={rounds} label="rounds">
           {(d) => <Timeline rounds={d.data} tasks={allTasks} names={names} />}
         </QueryView>

@@ -7,9 +7,8 @@ import { WorkerBanner } from "../components/WorkerBanner";
 import { PageHeader, Section, StatusBadge } from "../components/ui";
 import { ago, dateTime } from "../format";
 
-/** Fields the list shows when the API provides them (progress and participants). */
+/** Fields the list shows when the API provides them (participants). */
 export type FederationRow = components["schemas"]["FederationPublic"] & {
-  current_round?: number | null;
   member_count?: number | null;
 };
 
@@ -20,35 +19,19 @@ export function FederationsPage() {
     refetchInterval: (q) =>
       (q.state.data?.data as FederationRow[] | undefined)?.some((f) => f.status === "running") ? 5_000 : false,
   });
-  // Progress and participants per federation: the list's counts (limit 1) of its rounds and
-  // memberships. Rounds are numbered from 1 without gaps, so their count is the current round.
+  // Progress comes with each federation (completed and failed training rounds: a failed round
+  // is retried, so round numbers are no measure of it); participants are its memberships'
+  // count (a list of limit 1).
   const rows = (feds.data?.data ?? []) as FederationRow[];
-  const live = rows.some((f) => f.status === "running") ? 5_000 : false;
   const counts = useQueries({
-    queries: rows.flatMap((f) => [
-      {
-        queryKey: ["federation", f.id, "rounds", "count"],
-        queryFn: () =>
-          call(api.GET("/api/v1/federations/{federation_id}/rounds", { params: { path: { federation_id: f.id }, query: { limit: 1 } } })),
-        enabled: f.current_round === undefined,
-        refetchInterval: f.status === "running" ? live : (false as const),
-      },
-      {
-        queryKey: ["federation", f.id, "memberships", "count"],
-        queryFn: () =>
-          call(
-            api.GET("/api/v1/federations/{federation_id}/memberships", { params: { path: { federation_id: f.id }, query: { limit: 1 } } }),
-          ),
-        enabled: f.member_count === undefined,
-      },
-    ]),
+    queries: rows.map((f) => ({
+      queryKey: ["federation", f.id, "memberships", "count"],
+      queryFn: () =>
+        call(api.GET("/api/v1/federations/{federation_id}/memberships", { params: { path: { federation_id: f.id }, query: { limit: 1 } } })),
+      enabled: f.member_count === undefined,
+    })),
   });
-  const progress = new Map(
-    rows.map((f, i) => [
-      f.id,
-      { round: f.current_round ?? counts[2 * i]?.data?.count, members: f.member_count ?? counts[2 * i + 1]?.data?.count },
-    ]),
-  );
+  const members = new Map(rows.map((f, i) => [f.id, f.member_count ?? counts[i]?.data?.count]));
 
   return (
     <>
@@ -103,10 +86,11 @@ export function FederationsPage() {
                       <td>
                         <span className="chip">{f.strategy}</span>
                       </td>
-                      <td className="num">
-                        {progress.get(f.id)?.round || "—"} / {f.num_rounds}
+                      <td className="num" title="Completed rounds of the planned number (failed ones are retried and not counted)">
+                        {f.rounds_completed} / {f.num_rounds}
+                        {f.rounds_failed > 0 && <span className="muted"> · {f.rounds_failed} failed</span>}
                       </td>
-                      <td className="num">{progress.get(f.id)?.members ?? "—"}</td>
+                      <td className="num">{members.get(f.id) ?? "—"}</td>
                       <td className="mono">{f.base_model_id}</td>
                       <td title={dateTime(f.updated_at)}>{ago(f.updated_at)}</td>
                     </tr>
