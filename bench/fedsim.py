@@ -62,7 +62,9 @@ def load_sst2(train_limit: int | None, dev_limit: int) -> tuple[list[Any], list[
 class Simulation:
     """One base model and tokenizer, reused by every client round of every run."""
 
-    def __init__(self, model_path: Path, dev: Sequence[Any], max_seq_len: int) -> None:
+    def __init__(
+        self, model_path: Path, dev: Sequence[Any], max_seq_len: int, evaluator: Any = None
+    ) -> None:
         from fedlora.demo_eval import Evaluator
         from fedlora_client._model import inspect_model, load_base_model, load_tokenizer
         from fedlora_client.protocol import TaskType
@@ -71,7 +73,7 @@ class Simulation:
         self.base = load_base_model(model_path, TaskType.SEQ_CLS, num_labels=2)
         self.tokenizer = load_tokenizer(model_path)
         self.spec = inspect_model(model_path, TaskType.SEQ_CLS, TARGET_MODULES, 2)
-        self.evaluator = Evaluator(model_path, dev, max_seq_len)
+        self.evaluator = evaluator or Evaluator(model_path, dev, max_seq_len)
         self.work = Path(tempfile.mkdtemp(prefix="fedsim-"))
 
     def encode(self, share: Sequence[Any], max_seq_len: int) -> Any:
@@ -104,12 +106,18 @@ class Simulation:
         from worker.strategies import get_strategy
         from worker.strategies.adapters import derive_seed, tensors_to_bytes
         from worker.strategies.base import ClientUpdate, Participant, PlanContext
-        from worker.strategies.params import validate_params
+        from worker.strategies.params import (
+            resolve_server_optimizer,
+            resolve_training,
+            validate_params,
+        )
         from worker.strategies.plans import encode_tensors, training_plan
 
-        local = LocalTraining.model_validate(training)
+        # the platform's defaults for the strategy where the run names none (as the API does)
+        local = resolve_training(strategy, LocalTraining.model_validate(training))
         dp_settings = DPSettings.model_validate(dp)
-        strat = get_strategy(strategy, params, device="cpu", server_optimizer=server)
+        optimizer = resolve_server_optimizer(strategy, server or None)
+        strat = get_strategy(strategy, params, device="cpu", server_optimizer=optimizer)
         ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(len(budgets))]
         participants = tuple(
             Participant(client_id=c, rank_budget=b) for c, b in zip(ids, budgets, strict=True)

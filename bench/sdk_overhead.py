@@ -50,12 +50,13 @@ def make_plan(spec: p.ModelSpec, steps: int, batch: int, seq: int) -> p.Training
     )  # fmt: skip
 
 
-def start_tensors(spec: p.ModelSpec, rank: int) -> dict[str, torch.Tensor]:
+def start_tensors(spec: p.ModelSpec, rank: int, b_std: float = 0.0) -> dict[str, torch.Tensor]:
+    """A seeded start adapter: A random, B zero (``b_std`` 0, PEFT's start) or random."""
     g = torch.Generator().manual_seed(0)
     out: dict[str, torch.Tensor] = {}
     for module, (d_out, d_in) in spec.modules.items():
         out[p.lora_a_key(module)] = torch.randn(rank, d_in, generator=g) / d_in**0.5
-        out[p.lora_b_key(module)] = torch.zeros(d_out, rank)
+        out[p.lora_b_key(module)] = torch.randn(d_out, rank, generator=g) * b_std
     for key, shape in spec.extra_trainable.items():
         out[key] = torch.randn(*shape, generator=g) * 0.02
     return out

@@ -37,73 +37,58 @@ def _record(q: ModuleType, spec: Any, accs: list[float], size: int = 1000) -> di
     return rec
 
 
-def test_full_plan_covers_every_strategy_seed_and_privacy(quality: ModuleType) -> None:
+def test_full_plan_covers_every_strategy_seed_ablation_and_privacy(quality: ModuleType) -> None:
     mode = quality.MODES["full"]
-    runs = quality.plan_runs(mode, STRATEGIES, {})
+    runs = quality.plan_runs(mode, STRATEGIES, "fedavg", {})
     keys = [r.key for r in runs]
     assert len(keys) == len(set(keys))
     no_dp = [r for r in runs if r.dp == "none"]
-    # fedavg and fslora twice, plus centralized; the fslora defaults row with seed 0 only
-    assert len(no_dp) == 3 * (len(STRATEGIES) + 3) - 2
-    assert [r.seed for r in no_dp if r.method == "fslora"] == [0]
-    assert {r.method for r in no_dp} == {
-        *STRATEGIES[1:],
+    per_seed = {r.method for r in no_dp if r.seed == 0}
+    assert per_seed == {
+        *STRATEGIES,
         "fedavg-r2",
-        "fedavg-r16",
         "centralized-r16",
-        "fslora-sgd1",
+        "flexlora-rank-normalization-on",
+        "fedavg-no-label-balance",
+        "fedavg-no-server-optimizer",
+        "fedavg-constant-lr",
     }
-    sample = [r for r in runs if r.dp == "sample"]
-    assert {r.epsilon for r in sample} == {8.0, 2.0}
-    assert len(sample) == 2 * (len(STRATEGIES) + 1)
-    assert all(r.seed == 0 for r in sample)
+    assert len(no_dp) == 3 * len(per_seed)  # every non-DP row with three seeds
     r2 = next(r for r in runs if r.method == "fedavg-r2")
-    r16 = next(r for r in runs if r.method == "fedavg-r16")
-    assert r2.global_rank == 2
-    assert r2.budgets == tuple(quality.BUDGETS)
-    assert r16.global_rank == 16
-    assert set(r16.budgets) == {16}
-    assert not any(r.dp == "client" for r in runs)  # needs the seed-0 results first
+    assert (r2.global_rank, r2.budgets) == (2, tuple(quality.BUDGETS))
+    ablation = next(r for r in runs if r.method == "fedavg-no-server-optimizer")
+    assert dict(ablation.server) == {"name": "none"}
+    constant = next(r for r in runs if r.method == "fedavg-constant-lr")
+    assert dict(constant.training) == {"lr_schedule": "constant"}
+    assert dict(constant.server) == {"lr_schedule": "constant"}
+    sample = [r for r in runs if r.dp == "sample"]
+    assert {(r.method, r.epsilon) for r in sample} == {
+        (m, e) for m in ("fedavg", "centralized-dp-sgd-r16") for e in (8.0, 2.0)
+    }
+    assert all(r.seed == 0 for r in sample)
+    assert runs.index(sample[0]) > max(runs.index(r) for r in no_dp)  # DP rows come last
 
 
 def test_quick_plan_runs_every_strategy(quality: ModuleType) -> None:
-    runs = quality.plan_runs(quality.MODES["quick"], STRATEGIES, {})
+    runs = quality.plan_runs(quality.MODES["quick"], STRATEGIES, "fedavg", {})
     assert {r.strategy for r in runs} >= set(STRATEGIES)
     assert any(r.dp == "sample" for r in runs)
-
-
-def test_client_level_row_goes_to_the_best_method(quality: ModuleType) -> None:
-    mode = quality.MODES["quick"]
-    done = {}
-    for i, spec in enumerate(quality.plan_runs(mode, STRATEGIES, {})):
-        acc = 0.9 if spec.method == "flexlora" and spec.dp == "none" else 0.5 + i / 100
-        if spec.method == "centralized-r16":
-            acc = 0.99  # not a federated method: never the client-level row
-        done[spec.key] = _record(quality, spec, [acc])
-    client = [r for r in quality.plan_runs(mode, STRATEGIES, done) if r.dp == "client"]
-    assert len(client) == 1
-    assert client[0].method == "flexlora"
-    assert client[0].epsilon == 8.0
-    # once run, the client-level row stays that method even if the best changes later
-    done[client[0].key] = _record(quality, client[0], [0.6])
-    done[next(iter(done))]["final_accuracy"] = 0.95
-    again = [r for r in quality.plan_runs(mode, STRATEGIES, done) if r.dp == "client"]
-    assert again == client
+    assert not any(r.method.endswith("-constant-lr") for r in runs)  # no ablations
 
 
 def test_resume_keeps_finished_runs_and_refuses_other_settings(
     quality: ModuleType, tmp_path: Path
 ) -> None:
     mode = quality.MODES["quick"]
-    spec = quality.plan_runs(mode, STRATEGIES, {})[0]
+    spec = quality.plan_runs(mode, STRATEGIES, "fedavg", {})[0]
     done = {spec.key: _record(quality, spec, [0.6, 0.7])}
     path = tmp_path / "quality.json"
     quality.save_results(path, mode, done, {"baseline_accuracy": 0.5})
     again = quality.load_results(path, mode)
     assert set(again) == {spec.key}
-    left = [s for s in quality.plan_runs(mode, STRATEGIES, again) if s.key not in again]
+    left = [s for s in quality.plan_runs(mode, STRATEGIES, "fedavg", again) if s.key not in again]
     assert spec.key not in {s.key for s in left}
-    assert len(left) == len(quality.plan_runs(mode, STRATEGIES, {})) - 1
+    assert len(left) == len(quality.plan_runs(mode, STRATEGIES, "fedavg", {})) - 1
     assert json.loads(path.read_text())["runs"][0]["final_accuracy"] == 0.7
     with pytest.raises(SystemExit):
         quality.load_results(path, quality.MODES["full"])
@@ -123,13 +108,13 @@ def test_split_is_seeded_label_skewed_and_complete(quality: ModuleType) -> None:
 
 def test_table_mean_spread_and_order(quality: ModuleType, tmp_path: Path) -> None:
     mode = quality.MODES["full"]
-    runs = quality.plan_runs(mode, STRATEGIES, {})
+    runs = quality.plan_runs(mode, STRATEGIES, "fedavg", {})
     hets = [r for r in runs if r.method == "hetlora" and r.dp == "none"]
-    dp = next(r for r in runs if r.method == "hetlora" and r.dp == "sample")
+    dp = next(r for r in runs if r.method == "fedavg" and r.dp == "sample")
     recs = [_record(quality, s, [0.6, a]) for s, a in zip(hets, [0.8, 0.82, 0.84], strict=True)]
     recs.append(_record(quality, dp, [0.55, 0.7], size=2048))
     table = quality.build_table(recs, 0.51)
-    lines = [line for line in table.splitlines() if line.startswith("| hetlora")]
+    lines = [line for line in table.splitlines() if line.startswith(("| hetlora", "| fedavg"))]
     assert len(lines) == 2
     assert "| none | 0.820 ± 0.020 (n=3) |" in lines[0]
     assert "| 0.920 ± 0.020 (n=3) |" in lines[0]  # final AUC
@@ -141,18 +126,26 @@ def test_table_mean_spread_and_order(quality: ModuleType, tmp_path: Path) -> Non
     assert (tmp_path / "quality.png").stat().st_size > 10_000
 
 
-def test_federation_body_carries_params_dp_and_training(quality: ModuleType) -> None:
+def test_federation_body_uses_the_platform_defaults_and_the_rows_changes(
+    quality: ModuleType,
+) -> None:
     mode = quality.MODES["full"]
-    runs = quality.plan_runs(mode, STRATEGIES, {})
-    assert not any(r.method == "fslora" and r.dp != "none" for r in runs)
-    spec = next(r for r in runs if r.method == "fslora-sgd1" and r.epsilon == 2.0)
+    runs = quality.plan_runs(mode, STRATEGIES, "fedavg", {})
+    spec = next(r for r in runs if r.method == "fedavg" and r.epsilon == 2.0)
     body = quality.federation_body(spec, mode, {"modules": {}})
-    assert body["strategy"] == "fslora"
-    assert body["strategy_params"] == {"server_lr": 1.0, "server_optimizer": "sgd"}
-    assert body["dp"]["mode"] == "sample"
-    assert body["dp"]["target_epsilon"] == 2.0
-    assert body["dp"]["delta"] == 1e-5
-    assert body["training"]["steps"] == mode.local_steps
+    assert body["strategy"] == "fedavg"
+    assert body["dp"] | {"mode": "sample", "target_epsilon": 2.0, "delta": 1e-5} == body["dp"]
+    # only the benchmark's budget is set: optimizer, rates and DP recipe are the defaults
+    assert body["training"] == {"steps": 5, "batch_size": 32, "max_seq_len": 64}
+    assert "server_optimizer" not in body
     assert body["clients_per_round"] == len(quality.BUDGETS)
+    ablation = next(r for r in runs if r.method == "fedavg-no-label-balance")
+    assert quality.federation_body(ablation, mode, {})["training"]["label_balance"] == "none"
+    off = next(r for r in runs if r.method == "fedavg-no-server-optimizer")
+    assert quality.federation_body(off, mode, {})["server_optimizer"]["name"] == "none"
+    flex = next(r for r in runs if r.method == "flexlora-rank-normalization-on")
+    assert quality.federation_body(flex, mode, {})["strategy_params"] == {
+        "rank_normalization": True
+    }
     plain = next(r for r in runs if r.method == "hetlora" and r.dp == "none")
     assert quality.federation_body(plain, mode, {})["dp"] == {"mode": "none"}

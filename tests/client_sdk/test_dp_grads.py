@@ -23,6 +23,13 @@ from tests.client_sdk.conftest import lora_tensors, method_task
 from tests.client_sdk.fake_server import FakeServer
 
 WORDS = ["good", "great", "bad", "awful", "fine", "poor", "dull", "lovely"]
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ],
+)
 
 
 def _records(task: p.TaskType, n: int) -> list[dict[str, object]]:
@@ -34,9 +41,10 @@ def _records(task: p.TaskType, n: int) -> list[dict[str, object]]:
 
 
 def _model(path: Path, spec: p.ModelSpec, task: p.TaskType, method: str,
-           dtype: torch.dtype = torch.float32) -> tuple[nn.Module, list[nn.Parameter]]:  # fmt: skip
+           dtype: torch.dtype = torch.float32,
+           device: str = "cpu") -> tuple[nn.Module, list[nn.Parameter]]:  # fmt: skip
     plan = method_task(FakeServer(), spec, task, method).plan
-    base = load_base_model(path, task, dtype=dtype)
+    base = load_base_model(path, task, dtype=dtype, device=device)
     model: nn.Module = build_peft_model(base, plan, lora_tensors(spec, 4, seed=1, zero_b=False))
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -51,10 +59,15 @@ def _one_at_a_time(model: nn.Module, params: list[nn.Parameter], data: EncodedDa
     out: dict[int, list[torch.Tensor]] = {}
     for i in indices:
         model.zero_grad(set_to_none=True)
-        per_example_loss(model, data.batch([i]), data.task_type).sum().backward()
+        per_example_loss(model, _on(data.batch([i]), model), data.task_type).sum().backward()
         out[i] = [torch.zeros_like(q) if q.grad is None else q.grad.float().clone() for q in params]
     model.zero_grad(set_to_none=True)
     return out
+
+
+def _on(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _check(model: nn.Module, params: list[nn.Parameter], data: EncodedData, *,
@@ -72,17 +85,18 @@ def _check(model: nn.Module, params: list[nn.Parameter], data: EncodedData, *,
     sampler = LinearGradSampler(model)
     try:
         for part in parts:
-            batch = data.batch(part)
+            batch = _on(data.batch(part), model)
             padded = padded or bool((batch["attention_mask"] == 0).any())
             per_example_loss(model, batch, data.task_type).sum().backward()
             for name, q in enumerate(params):
                 sample = q.grad_sample  # type: ignore[attr-defined]
                 assert sample.dtype == torch.float32
+                assert sample.device == q.device
                 assert sample.shape == (len(part), *q.shape)
                 for row, i in enumerate(part):
                     torch.testing.assert_close(sample[row], expected[i][name], rtol=rtol, atol=atol)
             got = step.per_example_norms()
-            want = torch.tensor([norms[i] for i in part], dtype=torch.float32)
+            want = torch.tensor([norms[i] for i in part], dtype=torch.float32, device=got.device)
             torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
             step.accumulate()
         step.apply(len(indices))
@@ -110,14 +124,16 @@ def test_minilm_lora_per_example_gradients_equal_one_example_backward(
     _check(model, params, data, physical=physical, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("task", [p.TaskType.CAUSAL_LM, p.TaskType.SEQ_CLS])
 def test_tiny_llama_per_example_gradients_equal_one_example_backward(
-    tiny_llama: Path, task: p.TaskType
+    tiny_llama: Path, task: p.TaskType, device: str
 ) -> None:
     spec = inspect_model(tiny_llama, task, ["q_proj", "v_proj", "o_proj"])
-    model, params = _model(tiny_llama, spec, task, "fedavg")
+    model, params = _model(tiny_llama, spec, task, "fedavg", device=device)
     data = encode_data(_records(task, 7), task, load_tokenizer(tiny_llama), max_seq_len=32)
     _check(model, params, data, physical=3, rtol=1e-4, atol=1e-6)
+    assert all(q.grad is not None and q.grad.device == q.device for q in params)
 
 
 @pytest.mark.parametrize("task", [p.TaskType.CAUSAL_LM, p.TaskType.SEQ_CLS])
