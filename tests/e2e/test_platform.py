@@ -28,7 +28,7 @@ import torch
 from safetensors.numpy import load as load_np
 from safetensors.numpy import save as save_np
 
-from api.db import GlobalAdapter, Round, create_db_engine
+from api.db import GlobalAdapter, Round, RoundKind, create_db_engine
 from fedlora.local import ManagedProcess
 from fedlora_client.protocol import STRATEGY_NAMES, TaskAssignment, UploadManifest
 from tests.e2e.conftest import Stack, platform_env
@@ -222,7 +222,12 @@ def _kill_and_recover(
     engine = create_db_engine(pg_url)
     try:
         with engine.connect() as conn:
-            rnd = conn.execute(sa.select(Round).where(Round.federation_id == uuid.UUID(fid))).one()
+            # the training round (the evaluation pass after it publishes nothing)
+            rnd = conn.execute(
+                sa.select(Round).where(
+                    Round.federation_id == uuid.UUID(fid), Round.kind == RoundKind.TRAINING
+                )
+            ).one()
             published = conn.execute(
                 sa.select(GlobalAdapter).where(GlobalAdapter.round_id == rnd.id)
             ).all()
