@@ -72,6 +72,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from fedlora.demo_data import Example, dirichlet_split, read_tsv, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -424,7 +426,8 @@ class Fleet:
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
         self.platform = LocalPlatform(self.env, log_dir=work / "logs").start()
-        self.admin = AdminClient(self.platform.url)
+        # generous: the machine is loaded by the clients' training while the bench polls
+        self.admin = AdminClient(self.platform.url, timeout=120.0)
         self.admin.login(*ADMIN)
         self.fingerprint = model_fingerprint(model_path)
         self.clients: list[tuple[str, Path]] = []  # (client id, credentials)
@@ -648,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="a subset of seeds")
     parser.add_argument("--dp-only", action="store_true", help="only the DP rows")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=None, help="a subset")
     args = parser.parse_args(argv)
     # stop cleanly on SIGTERM too (kill PID): the finally blocks stop the platform and clients
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -710,6 +714,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     s for s in plan_runs(mode, names, recommended, done)
                     if s.seed == seed and s.key not in done and (s.dp != "none") == private
                     and (args.only is None or s.method in args.only)
+                    and (args.epsilons is None or s.epsilon is None or s.epsilon in args.epsilons)
                 ]  # fmt: skip
 
             for spec in [s for s in todo() if s.strategy == "centralized"]:
@@ -731,7 +736,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if not active:
                         break
                     for key, run in list(active.items()):
-                        rec = fleet.poll(run, evaluator)
+                        try:
+                            rec = fleet.poll(run, evaluator)
+                        except httpx.TransportError as exc:  # a slow answer: ask again
+                            print(f"poll {key}: {exc!r}; retrying", flush=True)
+                            continue
                         if rec is not None:
                             del active[key]
                             finish(rec)
