@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fedlora_client.protocol import DPMode, DPSettings, LocalTraining, is_safe_tensor_name
+from fedlora_client.protocol import DPMode, DPSettings, LocalTraining, check_tensor_names
 
 Dim = Annotated[int, Field(ge=1, le=10_000_000)]
 DatasetSize = Annotated[int, Field(ge=1, le=1_000_000_000)]
@@ -31,10 +31,7 @@ class ModelShapes(BaseModel):
     @field_validator("modules", "extra_trainable")
     @classmethod
     def _names_are_safe(cls, value: dict[str, object]) -> dict[str, object]:
-        for name in value:
-            if not is_safe_tensor_name(name):
-                raise ValueError(f"invalid module or tensor name {name!r}: use dotted identifiers")
-        return value
+        return check_tensor_names(value)
 
 
 class DPPreviewRequest(BaseModel):

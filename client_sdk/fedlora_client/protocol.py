@@ -123,6 +123,15 @@ def is_safe_tensor_name(name: str) -> bool:
 # --------------------------------------------------------------------------- model spec
 
 
+def check_tensor_names(value: dict[str, object]) -> dict[str, object]:
+    """``value`` unchanged if every key is a safe module or tensor name, else ValueError (a
+    pydantic validator of a model's ``modules`` and ``extra_trainable``)."""
+    for name in value:
+        if not is_safe_tensor_name(name):
+            raise ValueError(f"invalid module or tensor name {name!r}: use dotted identifiers")
+    return value
+
+
 class ModelSpec(BaseModel):
     """What every client's base model must be, and the adapter layout it implies.
 
@@ -150,10 +159,7 @@ class ModelSpec(BaseModel):
     @field_validator("modules", "extra_trainable")
     @classmethod
     def _names_are_safe(cls, value: dict[str, object]) -> dict[str, object]:
-        for name in value:
-            if not is_safe_tensor_name(name):
-                raise ValueError(f"invalid module or tensor name {name!r}: use dotted identifiers")
-        return value
+        return check_tensor_names(value)
 
 
 def adapter_shapes(model: ModelSpec, rank: int) -> dict[str, tuple[int, ...]]:
