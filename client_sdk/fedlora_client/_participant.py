@@ -44,6 +44,7 @@ from fedlora_client._model import (
 )
 from fedlora_client._privacy import privatize_update, resolve_noise_multiplier, secure_generator
 from fedlora_client._training import RoundResult, evaluate, num_labels_of, train_round
+from fedlora_client.calibration import margin_histogram
 
 log = logging.getLogger("fedlora_client")
 
@@ -285,13 +286,20 @@ class Participant:
         if ref is None or data is None:
             return None
         model = self.global_model(task)
-        metrics = evaluate(model, data)
+        margins: list[float] = []
+        metrics = evaluate(model, data, margins=margins)
         del model
+        histogram = None
+        if data.task_type is p.TaskType.SEQ_CLS and len(margins) == len(data):
+            labels = [int(t) for t in data.targets]  # type: ignore[arg-type]
+            if set(labels) <= {0, 1}:
+                histogram = margin_histogram(margins, labels)
         return p.GlobalEvaluation(
             adapter_sha256=ref.sha256,
             num_examples=len(data),
             loss=metrics["eval_loss"],
             accuracy=metrics.get("eval_accuracy"),
+            margin_histogram=histogram,
         )
 
     # ------------------------------------------------------------------ privacy budget

@@ -313,9 +313,13 @@ def train_round(
 
 
 @torch.no_grad()
-def evaluate(model: Any, data: EncodedData, *, batch_size: int = 32) -> dict[str, float]:
+def evaluate(
+    model: Any, data: EncodedData, *, batch_size: int = 32, margins: list[float] | None = None
+) -> dict[str, float]:
     """Mean loss (and accuracy for classification) of ``model`` on ``data``.
 
+    ``margins``, when given for a two-label classifier, receives each row's logit margin
+    ``logit[1] - logit[0]`` in ``data``'s order (for the threshold calibration's histogram).
     Reported in the clear: evaluation metrics are not covered by the DP guarantee.
     """
     was_training = model.training
@@ -331,6 +335,8 @@ def evaluate(model: Any, data: EncodedData, *, batch_size: int = 32) -> dict[str
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
             correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            if margins is not None and logits.shape[-1] == 2:
+                margins.extend((logits[:, 1] - logits[:, 0]).float().tolist())
     model.train(was_training)
     metrics = {"eval_loss": total_loss / len(data)}
     if data.task_type is TaskType.SEQ_CLS:

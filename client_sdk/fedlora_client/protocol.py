@@ -285,6 +285,16 @@ class LocalTraining(BaseModel):
         "the client), so a client that holds mostly one label cannot pull the shared decision "
         "boundary towards it. 'none': plain cross-entropy.",
     )
+    threshold_calibration: Literal["federated", "none"] = Field(
+        default="federated",
+        description="Two-label classification. 'federated': each client also reports how the "
+        "logit margins of its held-out evaluation rows fall into fixed bins, and every round "
+        "the server moves the global head's bias to the threshold that maximizes the "
+        "clients' pooled held-out accuracy of the previous global adapter "
+        "(fedlora_client.calibration). Label skew and DP noise leave a federation that ranks "
+        "well with its threshold on one side; this puts it back. 'none': the strategy's "
+        "aggregate as is.",
+    )
     proximal_mu: float = Field(
         default=0.0,
         ge=0.0,
@@ -618,6 +628,32 @@ class GlobalEvaluation(BaseModel):
     accuracy: float | None = Field(
         default=None, ge=0, le=1, allow_inf_nan=False, description="Classification only."
     )
+    margin_histogram: list[list[int]] | None = Field(
+        default=None,
+        description="Two-label classification: counts of the evaluation rows' logit margins "
+        "(logit[1] - logit[0]) per bin of fedlora_client.calibration.MARGIN_EDGES, one row "
+        "per true label; the server calibrates the global decision threshold from them.",
+    )
+
+    @field_validator("margin_histogram")
+    @classmethod
+    def _histogram_shape(cls, value: list[list[int]] | None) -> list[list[int]] | None:
+        if value is not None:
+            from fedlora_client.calibration import check_histogram
+
+            check_histogram(value)
+        return value
+
+    @model_validator(mode="after")
+    def _histogram_counts_examples(self) -> GlobalEvaluation:
+        if self.margin_histogram is not None:
+            total = sum(map(sum, self.margin_histogram))
+            if total != self.num_examples:
+                raise ValueError(
+                    f"margin_histogram counts {total} rows but num_examples is "
+                    f"{self.num_examples}: count every evaluation row once"
+                )
+        return self
 
 
 class TaskRelease(BaseModel):

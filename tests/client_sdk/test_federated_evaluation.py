@@ -22,6 +22,7 @@ from fedlora_client._credentials import Credentials
 from fedlora_client._data import holdout_split
 from fedlora_client._model import load_base_model, load_tokenizer
 from fedlora_client._training import evaluate
+from fedlora_client.calibration import margin_histogram
 from tests.client_sdk.conftest import body, cls_records, lora_tensors, membership, method_task
 from tests.client_sdk.fake_server import API_KEY, FakeServer
 
@@ -145,6 +146,16 @@ def test_the_sdk_scores_the_published_adapter_not_its_truncated_start(
     want = evaluate(_merged(minilm, minilm_spec, published, GLOBAL_RANK, 16 / 8), data)
     assert got.loss == pytest.approx(want["eval_loss"], rel=1e-4)
     assert got.accuracy == pytest.approx(want["eval_accuracy"])
+    # and how its margins fall, per label, for the server's threshold calibration
+    margins: list[float] = []
+    evaluate(_merged(minilm, minilm_spec, published, GLOBAL_RANK, 16 / 8), data, margins=margins)
+    labels = [int(t) for t in data.targets]  # type: ignore[arg-type]
+    reference = margin_histogram(margins, labels)
+    assert got.margin_histogram is not None
+    assert [sum(row) for row in got.margin_histogram] == [labels.count(0), labels.count(1)]
+    moved = sum(abs(a - b) for ra, rb in zip(got.margin_histogram, reference, strict=True)
+                for a, b in zip(ra, rb, strict=True))  # fmt: skip
+    assert moved <= 2  # float rounding may put a row on the other side of one bin edge
     start = evaluate(_merged(minilm, minilm_spec, published, 2, 16 / 8), data)
     assert abs(start["eval_loss"] - got.loss) > 0.05, "the test must tell the two apart"
     kinds = [k for k, _ in events]
