@@ -35,4 +35,6 @@ class AdapterEvaluation(IdMixin, CreatedMixin, Base):
     num_examples: Mapped[int]
     loss: Mapped[float]
     accuracy: Mapped[float | None]
+    margin_histogram: Mapped[list[list[int]] | None] = mapped_column(sa.JSON, default=None)
+    """Two-label classification: the client's held-out margin counts (threshold calibration)."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

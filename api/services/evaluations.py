@@ -113,6 +113,7 @@ def record_evaluation(
         "num_examples": body.num_examples,
         "loss": body.loss,
         "accuracy": body.accuracy,
+        "margin_histogram": body.margin_histogram,
     }
     closes = plan.evaluate_only and _holds(task, client)
     if closes:

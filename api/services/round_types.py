@@ -92,6 +92,8 @@ class AggregationInputs:
     round_number: int
     updates: list[UpdateInput]
     previous: PreviousAdapter | None
+    margin_histograms: list[list[list[int]]] = field(default_factory=list)
+    """The clients' held-out margin counts of ``previous`` (threshold calibration)."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,16 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from api.db import Client, Federation, GlobalAdapter, Membership, Round, Task, Update
+from api.db import (
+    AdapterEvaluation,
+    Client,
+    Federation,
+    GlobalAdapter,
+    Membership,
+    Round,
+    Task,
+    Update,
+)
 from api.services.federations import epsilon_spent
 from api.services.round_types import (
     AggregationInputs,
@@ -119,10 +128,27 @@ def build_aggregation_inputs(*, session: Session, rnd: Round) -> AggregationInpu
         )
         for u, t in rows
     ]
+    previous = previous_adapter(session=session, federation_id=fed.id)
     return AggregationInputs(
         federation=federation_config(fed),
         round_id=rnd.id,
         round_number=rnd.number,
         updates=updates,
-        previous=previous_adapter(session=session, federation_id=fed.id),
+        previous=previous,
+        margin_histograms=[] if previous is None else margin_histograms(session, previous),
     )
+
+
+def margin_histograms(session: Session, previous: PreviousAdapter) -> list[list[list[int]]]:
+    """The held-out margin counts the clients reported for the adapter ``previous`` (one per
+    client, the latest report of each; in client order, so a rerun sees the same list)."""
+    rows = session.scalars(
+        sa.select(AdapterEvaluation.margin_histogram)
+        .join(GlobalAdapter, GlobalAdapter.id == AdapterEvaluation.adapter_id)
+        .where(
+            GlobalAdapter.round_id == previous.round_id,
+            AdapterEvaluation.margin_histogram.is_not(None),
+        )
+        .order_by(AdapterEvaluation.client_id)
+    )
+    return [list(r) for r in rows if r is not None]

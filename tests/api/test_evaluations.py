@@ -22,6 +22,7 @@ from api.queue import RecordingEnqueuer
 from api.services import evaluations, rounds
 from api.services.evaluations import Score
 from api.storage import ArtifactStore
+from fedlora_client.calibration import margin_histogram
 from fedlora_client.protocol import ArtifactRef, LoraSpec, TaskType, TrainingPlan
 from tests.api.factories import adapter_bytes, make_plan
 from tests.api.test_rounds import _lease, _upload
@@ -165,6 +166,45 @@ def test_clients_score_the_previous_adapter_example_weighted_and_the_best_is_mar
     latest = api.get(f"{V1}/federations/{fid}/adapters/latest", headers=admin).json()
     assert (best["round_number"], best["is_best"]) == (1, True)
     assert (latest["round_number"], latest["is_latest"], latest["is_best"]) == (2, True, False)
+
+
+def test_margin_counts_are_stored_and_handed_to_the_next_aggregation(
+    api: TestClient,
+    world: World,
+    app_sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    enqueued: RecordingEnqueuer,
+) -> None:
+    """The worker calibrates round N's threshold from the counts of round N-1's adapter."""
+    fid = world.federation_id
+    rid1 = open_next_round(app_sessions, store, fid)
+    _train_round(api, world)
+    first = _publish(app_sessions, store, rid1, enqueued, fill=0.01)
+    a1, b1 = world.a1, world.b1
+    counts_a = margin_histogram([-0.5, -0.4, 0.3], [0, 1, 1])
+    counts_b = margin_histogram([-0.2, -0.1], [0, 0])
+    task_a, task_b = _lease(api, a1.headers), _lease(api, b1.headers)
+    for headers, task_id, counts, n in ((a1.headers, task_a, counts_a, 3),
+                                        (b1.headers, task_b, counts_b, 2)):  # fmt: skip
+        body = {"adapter_sha256": first.sha256, "num_examples": n, "loss": 0.5,
+                "accuracy": 0.5, "margin_histogram": counts}  # fmt: skip
+        r = api.post(f"{V1}/client/tasks/{task_id}/evaluation", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+    # counts that do not add up to num_examples are refused, and the stored ones are kept
+    body |= {"num_examples": 7}
+    r = api.post(f"{V1}/client/tasks/{task_b}/evaluation", json=body, headers=b1.headers)
+    assert r.status_code == 422
+    assert "counts 2 rows but num_examples is 7" in r.text
+    for party, task_id in ((a1, task_a), (b1, task_b)):
+        _upload(api, party.headers, task_id)
+    rid2 = _round_id(app_sessions, fid, 2)
+    with app_sessions() as s:
+        assert rounds.claim_aggregation(session=s, round_id=rid2, worker_id="w", seconds=60)
+        inputs = rounds.aggregation_inputs(session=s, round_id=rid2)
+    assert inputs is not None
+    assert inputs.previous is not None
+    assert inputs.previous.adapter_sha256 == first.sha256
+    assert sorted(inputs.margin_histograms) == sorted([counts_a, counts_b])
 
 
 def test_an_evaluation_must_name_the_tasks_adapter_and_be_sent_while_held(
