@@ -96,13 +96,19 @@ class Simulation:
         rounds: int,
         seed: int,
         server: dict[str, Any] | None = None,
+        calibration: Any = None,
         log: Any = print,
     ) -> dict[str, Any]:
+        """One federation; ``calibration`` (an Evaluator over the clients' pooled held-out
+        rows) turns on the threshold calibration as the worker runs it: round ``t``'s
+        aggregate gets the margin shift measured on round ``t-1``'s published adapter."""
         import torch
 
         from fedlora_client._adapters import build_peft_model
         from fedlora_client._training import train_round
+        from fedlora_client.calibration import margin_histogram
         from fedlora_client.protocol import DPSettings, LocalTraining, TaskType
+        from worker.calibration import calibrate_threshold
         from worker.strategies import get_strategy
         from worker.strategies.adapters import derive_seed, tensors_to_bytes
         from worker.strategies.base import ClientUpdate, Participant, PlanContext
@@ -126,6 +132,7 @@ class Simulation:
         privates: dict[str, dict[str, Any]] = {}
         state = None
         history: list[dict[str, Any]] = []
+        previous: Path | None = None
         started = time.monotonic()
         for number in range(1, rounds + 1):
             ctx = PlanContext(
@@ -178,7 +185,16 @@ class Simulation:
                 losses.append(result.metrics["train_loss"])
                 updates.append(ClientUpdate(cid, plan.lora, result.tensors, len(data)))
             result_agg = strat.aggregate(state, ctx, updates)
+            if calibration is not None:
+                # the worker's calibration, from the held-out counts of the previous adapter
+                counts = []
+                if previous is not None:
+                    held = calibration.logits(previous)
+                    margins = (held[:, 1] - held[:, 0]).tolist()
+                    counts = [margin_histogram(margins, calibration.labels.tolist())]
+                result_agg = calibrate_threshold(result_agg, state, ctx, local, counts)
             state = result_agg.state
+            shift = result_agg.metrics.get("calibration_offset", 0.0)
             folder = self.work / f"r{number}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "adapter_model.safetensors").write_bytes(tensors_to_bytes(result_agg.adapter))
@@ -186,23 +202,46 @@ class Simulation:
                 json.dumps(result_agg.adapter_config(ctx, str(self.model_path)))
             )
             logits = self.evaluator.logits(folder)
-            shutil.rmtree(folder)
+            if previous is not None:
+                shutil.rmtree(previous)
+            previous = folder
             score = _scores(logits, self.evaluator.labels)
             history.append(
                 {
                     "round": number,
                     **score,
                     "train_loss": statistics.mean(losses),
+                    "calibration_shift": shift,
                     "seconds": round(time.monotonic() - started, 1),
                 }
             )
             log(
                 f"  round {number}: acc {score['accuracy']:.3f} auc {score['auc']:.3f} "
                 f"(best-threshold acc {score['best_threshold_accuracy']:.3f}, margin "
-                f"{score['mean_margin']:+.2f}) loss {statistics.mean(losses):.3f} "
+                f"{score['mean_margin']:+.2f}, offset {shift:+.3f}) "
+                f"loss {statistics.mean(losses):.3f} "
                 f"({time.monotonic() - started:.0f}s)"
             )
+        if previous is not None:
+            shutil.rmtree(previous)
         return {"rounds": history, "final_accuracy": history[-1]["accuracy"]}
+
+
+def holdout(shares: Sequence[Sequence[Any]]) -> tuple[list[list[Any]], list[Any]]:
+    """Each client's share without its held-out evaluation rows (the SDK's default split:
+    10% by content hash, at most 1,000), and all the held-out rows pooled."""
+    from fedlora_client._data import holdout_split
+    from fedlora_client._participant import EVAL_FRACTION, EVAL_MAX_EXAMPLES, EVAL_MIN_EXAMPLES
+
+    kept, held = [], []
+    for share in shares:
+        rows = [{"text": e.text, "label": e.label} for e in share]
+        train_rows, eval_rows = holdout_split(
+            rows, EVAL_FRACTION, max_examples=EVAL_MAX_EXAMPLES, min_examples=EVAL_MIN_EXAMPLES
+        )
+        kept.append([share[i] for i in train_rows])
+        held.extend(share[i] for i in eval_rows)
+    return kept, held
 
 
 def _scores(logits: Any, labels: Any) -> dict[str, float]:
@@ -241,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--label", default=None, help="row name in the output")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fedsim.jsonl")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="hold out each client's evaluation rows (as the SDK does) and calibrate the "
+        "decision threshold on them every round, as the worker does",
+    )
     args = parser.parse_args(argv)
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
@@ -249,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from fedlora.demo_data import dirichlet_split
+    from fedlora.demo_eval import Evaluator
 
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
@@ -259,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     label = args.label or args.strategy
     for seed in args.seeds:
         shares = dirichlet_split(train, len(args.budgets), alpha=args.alpha, seed=seed)
+        calibration = None
+        if args.calibrate:
+            shares, held = holdout(shares)
+            calibration = Evaluator(sim.model_path, held, training["max_seq_len"])
+            print(f"  held out {len(held)} rows for calibration", flush=True)
         encoded = [sim.encode(s, training["max_seq_len"]) for s in shares]
         print(f"{label} seed {seed}: sizes {[len(s) for s in shares]}", flush=True)
         out = sim.run(
@@ -272,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rounds=args.rounds,
             seed=seed,
             server=json.loads(args.server_optimizer),
+            calibration=calibration,
             log=lambda s: print(s, flush=True),
         )
         record = {
@@ -284,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "budgets": args.budgets,
             "seed": seed,
             "alpha": args.alpha,
+            "calibrate": args.calibrate,
             **out,
         }
         with args.out.open("a") as f:

@@ -147,6 +147,7 @@ def ablations(recommended: str) -> list[tuple[str, dict[str, Any], dict[str, Any
         (f"{recommended}-no-label-balance", {"label_balance": "none"}, {}),
         (f"{recommended}-no-server-optimizer", {}, {"name": "none"}),
         (f"{recommended}-constant-lr", {"lr_schedule": "constant"}, {"lr_schedule": "constant"}),
+        (f"{recommended}-no-threshold-calibration", {"threshold_calibration": "none"}, {}),
     ]
 
 

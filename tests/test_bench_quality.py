@@ -52,6 +52,7 @@ def test_full_plan_covers_every_strategy_seed_ablation_and_privacy(quality: Modu
         "fedavg-no-label-balance",
         "fedavg-no-server-optimizer",
         "fedavg-constant-lr",
+        "fedavg-no-threshold-calibration",
     }
     assert len(no_dp) == 3 * len(per_seed)  # every non-DP row with three seeds
     r2 = next(r for r in runs if r.method == "fedavg-r2")
@@ -141,6 +142,9 @@ def test_federation_body_uses_the_platform_defaults_and_the_rows_changes(
     assert body["clients_per_round"] == len(quality.BUDGETS)
     ablation = next(r for r in runs if r.method == "fedavg-no-label-balance")
     assert quality.federation_body(ablation, mode, {})["training"]["label_balance"] == "none"
+    uncalibrated = next(r for r in runs if r.method == "fedavg-no-threshold-calibration")
+    body = quality.federation_body(uncalibrated, mode, {})
+    assert body["training"]["threshold_calibration"] == "none"
     off = next(r for r in runs if r.method == "fedavg-no-server-optimizer")
     assert quality.federation_body(off, mode, {})["server_optimizer"]["name"] == "none"
     flex = next(r for r in runs if r.method == "flexlora-rank-normalization-on")

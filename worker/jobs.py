@@ -35,6 +35,7 @@ from api.services import rounds
 from api.services.round_publish import publish_round
 from api.services.round_types import AggregationInputs, JobMetrics, SweepResult
 from api.storage import ArtifactStore
+from worker.calibration import calibrate_threshold
 from worker.planning import (
     adapter_ref,
     evaluation_plans,
@@ -196,6 +197,9 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
         state = load_state(rt.store, inputs.previous) or strategy.init_state(ctx)
         try:
             result = strategy.aggregate(state, ctx, _load_updates(rt.store, inputs))
+            result = calibrate_threshold(
+                result, state, ctx, fed.training, inputs.margin_histograms
+            )
         except StrategyError as exc:  # deterministic: retrying cannot help
             with rt.session() as session:
                 rounds.fail_round(
