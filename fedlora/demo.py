@@ -325,6 +325,12 @@ class Demo:
             "aggregation_seconds": rnd["job_duration_seconds"] or 0.0,
             "device": rnd["job_device"],
             "adapter_id": adapter["id"],
+            # the threshold calibration from the clients' held-out counts (round 2 on)
+            "calibration": {
+                key.removeprefix("calibration_"): value
+                for key, value in (adapter.get("metrics") or {}).items()
+                if key.startswith("calibration_")
+            },
         }
 
     def _stop_clients(self) -> None:

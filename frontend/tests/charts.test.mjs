@@ -110,7 +110,13 @@ const adapters = rounds
     strategy: "fslora",
     update_ids: updates(r).map((u) => u.id),
     epsilon: 2.5 * r.number,
-    metrics: { eval_accuracy: 0.6 + 0.1 * r.number },
+    metrics: {
+      eval_accuracy: 0.6 + 0.1 * r.number,
+      // round 2's worker calibrated the threshold from the members' scores of round 1's adapter
+      ...(r.number === 2
+        ? { calibration_offset: 0.4, calibration_shift: 0.4, calibration_balanced_accuracy_before: 0.55, calibration_balanced_accuracy_after: 0.71, calibration_examples: 300 }
+        : {}),
+    },
     created_at: r.completed_at,
   }));
 const list = (data) => ({ data, count: data.length });
@@ -191,6 +197,12 @@ test("the federation page draws its charts and timeline from the API's data", as
     assert.match(await round2.innerText(), /device cuda:0/);
     assert.match(await round2.innerText(), /aggregation 1\.8 s/);
     assert.match(await round2.innerText(), /federated evaluation: accuracy 0\.8 · loss 0\.5 \(3 clients, 300 examples\)\s*best/i);
+    assert.match(
+      await round2.innerText(),
+      /Threshold calibration: margin offset \+0\.400 \(members' held-out balanced accuracy of the previous adapter 0\.550 → 0\.710, 300 rows\)/,
+    );
+    const round1 = timeline.getByRole("listitem").filter({ has: b.page.getByText("Round 1", { exact: true }) });
+    assert.doesNotMatch(await round1.innerText(), /Threshold calibration/);
     await screenshot(b.page, "federation-with-history");
     assert.deepEqual(b.errors.map(String), []);
   } finally {

@@ -36,6 +36,16 @@ def test_demo_command_writes_the_adapter_and_a_summary_per_round(tmp_path: Path)
         assert r["loss"] > 0
         assert r["epsilon"] > 0  # sample-level DP is on by default
         assert sorted(p["rank"] for p in r["participants"]) == [2, 4, 8, 16]
+    # round 2's clients scored round 1's adapter on their held-out rows, so the worker
+    # calibrated round 2's threshold from their counts (round 1 has nothing to measure)
+    first, second = summary["rounds"]
+    assert first["calibration"] == {}
+    assert second["calibration"]["examples"] > 0
+    assert 0.0 <= second["calibration"]["balanced_accuracy_before"] <= 1.0
+    assert (
+        second["calibration"]["balanced_accuracy_after"]
+        >= second["calibration"]["balanced_accuracy_before"]
+    )
     assert re.search(r"round 2: accuracy [01]\.\d+ \(majority class [01]\.\d+\)", proc.stdout)
     # a quiet console: no library reports that are expected and say nothing to act on
     client_logs = "".join(p.read_text() for p in (out / "work" / "logs").glob("org-*.log"))

@@ -273,18 +273,36 @@ function ReleaseTask({ task, name, round }: { task: Task; name: string; round: n
   );
 }
 
+/** The worker's threshold calibration of a round's adapter, from its metrics; null without it. */
+function calibrationText(metrics: Record<string, unknown> | undefined): string | null {
+  const offset = metric(metrics, "calibration_offset");
+  if (offset == null) return null;
+  const sign = offset >= 0 ? "+" : "";
+  let text = `Threshold calibration: margin offset ${sign}${offset.toFixed(3)}`;
+  const before = metric(metrics, "calibration_balanced_accuracy_before");
+  const after = metric(metrics, "calibration_balanced_accuracy_after");
+  const rows = metric(metrics, "calibration_examples");
+  if (before != null && after != null && rows != null) {
+    text += ` (members' held-out balanced accuracy of the previous adapter ${before.toFixed(3)} → ${after.toFixed(3)}, ${rows} rows)`;
+  }
+  return text;
+}
+
 function Timeline({
   rounds,
   tasks,
   names,
+  adapters,
 }: {
   rounds: S["RoundPublic"][];
   tasks: Task[];
   names: Map<string, string>;
+  adapters: Adapter[];
 }) {
   if (!rounds.length) return <Empty title="No rounds yet">Start the federation to open round 1.</Empty>;
   const byRound = new Map<string, Task[]>();
   for (const t of tasks) byRound.set(t.round_id, [...(byRound.get(t.round_id) ?? []), t]);
+  const adapterOf = new Map(adapters.map((a) => [a.round_id, a]));
   return (
     <ol className="timeline" aria-label="Rounds">
       {[...rounds]
@@ -297,6 +315,7 @@ function Timeline({
           const roundTime = durationBetween(r.opened_at, r.aggregating_at ?? r.failed_at ?? (r.state === "open" ? new Date().toISOString() : null));
           const aggTime = r.job_duration_seconds ?? durationBetween(r.aggregating_at, r.completed_at);
           const evaluating = r.kind === "evaluation";
+          const calibration = calibrationText(adapterOf.get(r.id)?.metrics);
           return (
             <li key={r.id} className={`t-${r.state}`}>
               <div className="t-head">
@@ -325,6 +344,11 @@ function Timeline({
                 <p className="muted" style={{ margin: "0.2rem 0 0" }}>
                   Its adapter, federated evaluation: {scoreText(r.evaluation)}
                   {r.best && <span className="badge badge-ok" style={{ marginLeft: "0.4rem" }}>best</span>}
+                </p>
+              )}
+              {calibration && (
+                <p className="muted" style={{ margin: "0.2rem 0 0" }}>
+                  {calibration}
                 </p>
               )}
               {r.failure_reason && <p className="field-error">{r.failure_reason}</p>}
@@ -586,7 +610,7 @@ export default function FederationPage({ id }: { id: string }) {
 
       <Section title="Round timeline" actions={poll ? <span className="live">polling every 2 s</span> : undefined}>
         <QueryView query={rounds} label="rounds">
-          {(d) => <Timeline rounds={d.data} tasks={allTasks} names={names} />}
+          {(d) => <Timeline rounds={d.data} tasks={allTasks} names={names} adapters={adapters.data?.data ?? []} />}
         </QueryView>
       </Section>
 
