@@ -253,20 +253,22 @@ def group_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, list[dict
 
 def build_table(runs: Sequence[dict[str, Any]], baseline: float | None = None) -> str:
     head = (
-        "| method | privacy | final dev acc | best-round acc | final dev AUC "
-        "| upload KB/client/round | rounds | wall s |\n|---|---|---|---|---|---|---|---|\n"
+        "| method | privacy | final dev acc | best-round acc | last-5-rounds band | final dev AUC "
+        "| upload KB/client/round | rounds | wall s |\n|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for method, privacy, rs in group_rows(runs):
         final = [r["final_accuracy"] for r in rs]
         best = [max(x["accuracy"] for x in r["rounds"]) for r in rs]
+        # round-to-round stability: the spread of accuracy over the last five rounds
+        band = [max(a) - min(a) for r in rs if (a := [x["accuracy"] for x in r["rounds"][-5:]])]
         auc = [r["rounds"][-1]["auc"] for r in rs if "auc" in r["rounds"][-1]]
         uploads = [x["upload_bytes_mean"] for r in rs for x in r["rounds"]]
         kb = f"{statistics.mean(uploads) / 1024:.1f}" if uploads and any(uploads) else "-"
         wall = statistics.mean(r["wall_seconds"] for r in rs)
         lines.append(
             f"| {method} | {privacy} | {_mean_spread(final)} | {_mean_spread(best)} "
-            f"| {_mean_spread(auc)} | {kb} "
+            f"| {_mean_spread(band)} | {_mean_spread(auc)} | {kb} "
             f"| {len(rs[0]['rounds'])} | {wall:.0f} |"
         )
     foot = f"\nMajority-class dev accuracy (learned nothing): {baseline:.3f}\n" if baseline else ""

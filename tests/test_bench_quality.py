@@ -119,6 +119,7 @@ def test_table_mean_spread_and_order(quality: ModuleType, tmp_path: Path) -> Non
     assert len(lines) == 2
     assert "| none | 0.820 ± 0.020 (n=3) |" in lines[0]
     assert "| 0.920 ± 0.020 (n=3) |" in lines[0]  # final AUC
+    assert "| 0.220 ± 0.020 (n=3) |" in lines[0]  # last-5-rounds band: 0.6 to the final
     assert "sample eps=8" in lines[1]
     assert "| 0.700 |" in lines[1]
     assert "| 2.0 |" in lines[1]
