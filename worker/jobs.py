@@ -197,9 +197,7 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
         state = load_state(rt.store, inputs.previous) or strategy.init_state(ctx)
         try:
             result = strategy.aggregate(state, ctx, _load_updates(rt.store, inputs))
-            result = calibrate_threshold(
-                result, state, ctx, fed.training, inputs.margin_histograms
-            )
+            result = calibrate_threshold(result, state, ctx, fed.training, inputs.margin_histograms)
         except StrategyError as exc:  # deterministic: retrying cannot help
             with rt.session() as session:
                 rounds.fail_round(
