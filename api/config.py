@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         default=16 * 1024**2, ge=1024, description="Largest accepted safetensors JSON header."
     )
+    max_json_body_bytes: int = Field(
+        default=2 * 1024**2,
+        ge=1024,
+        description="Largest accepted JSON request body (update files are not JSON).",
+    )
     long_poll_seconds: float = Field(
         default=25.0, ge=0, le=120, description="Longest wait of GET /client/tasks/next."
     )

@@ -26,6 +26,7 @@ from api.routes import ROUTERS, system
 from api.schemas.common import ErrorPublic
 from api.services.identity import ensure_bootstrap_admin
 from api.storage import ArtifactStore
+from api.strict_json import StrictJSONMiddleware
 from fedlora_client.protocol import API_PREFIX
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -77,6 +78,8 @@ def create_app(
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
     app.state.broker_check = broker_check or system.broker_check_for(settings)
     app.state.store = ArtifactStore(settings.resolved_artifact_dir)
+    # inside CORS (added later, so outer): its refusals carry the CORS headers too
+    app.add_middleware(StrictJSONMiddleware, limit=settings.max_json_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

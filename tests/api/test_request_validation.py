@@ -97,3 +97,63 @@ def test_flora_and_fslora_budgets_follow_their_own_rank(
     r = _member(api, admin_headers, fslora, client, 9)
     assert r.json()["trained_rank"] == 8
     assert "above the global rank 8" in r.json()["warning"]
+
+
+# ----------------------------------------------------------------- what JSON cannot carry here
+
+
+def _raw(api: TestClient, method: str, url: str, text: str, **headers: str) -> Any:
+    """Send ``text`` as the body exactly as written (json= would escape or refuse it)."""
+    hdrs = {"Content-Type": "application/json", **headers}
+    return api.request(method, url, content=text.encode("utf-8", "surrogatepass"), headers=hdrs)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('{"email": "admin\\u0000@x.org", "password": "pw"}', "body['email'] contains a NUL"),
+        ('{"email": "a@x.org", "password": "\\ud800"}', "body['password'] contains a lone"),
+        ('{"email": "a@x.org", "pass\\u0000word": "x"}', "a key at body['pass\\x00word']"),
+    ],
+)
+def test_anonymous_bodies_with_nul_or_lone_surrogates_get_a_422_naming_where(
+    api: TestClient, body: str, fragment: str
+) -> None:
+    r = _raw(api, "POST", f"{V1}/auth/login", body)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_input"
+    assert fragment in r.json()["detail"]
+    # a join token's enrollment, and without a content type (FastAPI parses it as JSON too)
+    r = api.post(f"{V1}/enroll", content=b'{"join_token": "x", "name": "org\\u0000a"}', headers={})
+    assert r.status_code == 422
+    assert "NUL" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused_and_nothing_stored_changes(
+    api: TestClient, admin_headers: dict[str, str], constant: str
+) -> None:
+    r = api.post(f"{V1}/federations", json=federation_body(), headers=admin_headers)
+    assert r.status_code == 201, r.text
+    fid, before = r.json()["id"], r.json()
+    text = '{"dp": {"mode": "sample", "noise_multiplier": %s}}' % constant  # noqa: UP031
+    r = _raw(api, "PATCH", f"{V1}/federations/{fid}", text, **admin_headers)
+    assert r.status_code == 422, r.text
+    assert f"{constant} is not a number this API accepts" in r.json()["detail"]
+    text = '{"description": "nul \\u0000 here"}'
+    r = _raw(api, "PATCH", f"{V1}/federations/{fid}", text, **admin_headers)
+    assert r.status_code == 422
+    after = api.get(f"{V1}/federations/{fid}", headers=admin_headers).json()
+    assert (after["dp"], after["description"]) == (before["dp"], before["description"])
+
+
+def test_a_json_body_over_the_limit_is_refused_before_it_is_parsed(api: TestClient) -> None:
+    limit = api.app.state.settings.max_json_body_bytes  # type: ignore[attr-defined]
+    big = '{"email": "a@x.org", "password": "' + "x" * limit + '"}'
+    r = _raw(api, "POST", f"{V1}/auth/login", big)
+    assert r.status_code == 413
+    assert r.json()["code"] == "payload_too_large"
+    assert f"at most {limit}" in r.json()["detail"]
+    # and an ordinary login after it still works on the same client
+    r = _raw(api, "POST", f"{V1}/auth/login", '{"email": "nobody@x.org", "password": "x"}')
+    assert r.status_code == 401
