@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from api.storage import ArtifactError, ArtifactStore, Buffer, StoredArtifact
-from fedlora_client.protocol import ALLOWED_DTYPES, is_safe_tensor_name
+from fedlora_client.protocol import ALLOWED_DTYPES, MAX_ABS_VALUE, is_safe_tensor_name
 
 CHECK_CHUNK_BYTES = 1024 * 1024
 """Bytes of tensor data examined at a time by the finiteness check (bounds memory)."""
@@ -271,6 +271,20 @@ def nonfinite(raw: Buffer, dtype: str) -> npt.NDArray[np.bool_]:
     return np.asarray((bits & mask) == mask)
 
 
+# The smallest exponent field of a value whose magnitude is >= MAX_ABS_VALUE = 2^20, per dtype:
+# the bias plus 20 (F16's largest finite value, 65504, is below the bound).
+_TOO_LARGE_EXPONENT = {"F32": (127 + 20) << 23, "BF16": (127 + 20) << 7}
+assert MAX_ABS_VALUE == 2.0**20
+
+
+def out_of_range(raw: Buffer, dtype: str) -> npt.NDArray[np.bool_]:
+    """True where the values in ``raw`` are NaN, +-Inf, or of magnitude >= ``MAX_ABS_VALUE``."""
+    _, mask, udtype = _FLOAT_LAYOUT[dtype]
+    bits = np.frombuffer(raw, dtype=udtype)
+    floor = _TOO_LARGE_EXPONENT.get(dtype, mask)
+    return np.asarray((bits & mask) >= floor)
+
+
 def _check_finite(f: io.BufferedReader, data_start: int, t: TensorInfo, buf: bytearray) -> None:
     itemsize, mask, _ = _FLOAT_LAYOUT[t.dtype]
     f.seek(data_start + t.begin)
@@ -287,6 +301,14 @@ def _check_finite(f: io.BufferedReader, data_start: int, t: TensorInfo, buf: byt
             raise UploadRejected(
                 f"tensor {_q(t.name)} contains {'NaN' if value & mantissa else 'Inf'} at element "
                 f"{done // itemsize + i}; all values must be finite"
+            )
+        large = out_of_range(memoryview(buf)[: k - k % itemsize], t.dtype)
+        if large.any():
+            i = int(np.argmax(large))
+            raise UploadRejected(
+                f"tensor {_q(t.name)} holds a value of magnitude 2^20 or more at element "
+                f"{done // itemsize + i}; every value must be below {MAX_ABS_VALUE:g} (no "
+                "trained LoRA update comes near it: check the client's training for divergence)"
             )
         done += k
 

@@ -42,7 +42,12 @@ from fedlora_client._model import (
     load_tokenizer,
     model_fingerprint,
 )
-from fedlora_client._privacy import privatize_update, resolve_noise_multiplier, secure_generator
+from fedlora_client._privacy import (
+    ensure_uploadable,
+    privatize_update,
+    resolve_noise_multiplier,
+    secure_generator,
+)
 from fedlora_client._training import RoundResult, evaluate, num_labels_of, train_round
 from fedlora_client.calibration import margin_histogram
 
@@ -348,6 +353,7 @@ class Participant:
             noise_seed=self.noise_seed,
             accountant=self.accountant,
         )
+        ensure_uploadable(result.tensors)  # the server's rule, before anything is sent
         if self.eval_data is not None:  # the locally trained model, before client-level noise
             result.metrics.update(evaluate(model, self.encoded_data(task.plan, eval_set=True)))
         if result.private is not None:

@@ -54,7 +54,7 @@ from fedlora_client._accounting import (
     sample_level_event,
 )
 from fedlora_client._errors import NonFiniteUpdateError, PrivacyError
-from fedlora_client.protocol import DPMode, DPPlan
+from fedlora_client.protocol import MAX_ABS_VALUE, DPMode, DPPlan
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -78,6 +78,19 @@ def ensure_finite(tensors: Tensors) -> None:
         if not bool(torch.isfinite(tensor).all()):
             raise NonFiniteUpdateError(
                 f"update tensor {name!r} holds NaN or infinity; nothing was uploaded. Lower the "
+                "learning rate or check the data, then retry the round."
+            )
+
+
+def ensure_uploadable(tensors: Tensors) -> None:
+    """Raise :class:`NonFiniteUpdateError` unless every value is finite with magnitude below
+    ``MAX_ABS_VALUE``, the server's rule for uploads (checked before anything is sent)."""
+    ensure_finite(tensors)
+    for name, tensor in tensors.items():
+        if tensor.numel() and not bool(tensor.detach().abs().amax() < MAX_ABS_VALUE):
+            raise NonFiniteUpdateError(
+                f"update tensor {name!r} holds a value of magnitude {MAX_ABS_VALUE:g} or more, "
+                "which the server refuses (training diverged); nothing was uploaded. Lower the "
                 "learning rate or check the data, then retry the round."
             )
 

@@ -42,6 +42,11 @@ STRATEGY_NAMES: tuple[str, ...] = (
 )
 
 ALLOWED_DTYPES: frozenset[str] = frozenset({"F32", "F16", "BF16"})
+MAX_ABS_VALUE = 2.0**20
+"""Every uploaded value must be finite with magnitude below this (about 1e6). No trained LoRA
+factor or head comes near it; a value that does is a diverged or hostile update, and bounding
+it keeps every sum and product of the aggregation far from float32's range (3.4e38). The SDK,
+the API and the worker apply the same rule."""
 """safetensors dtype codes accepted in uploads."""
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -27,9 +27,11 @@ from api.uploads import (
     UploadRejected,
     accept_partial_upload,
     nonfinite,
+    out_of_range,
     store_upload,
     validate_safetensors,
 )
+from fedlora_client.protocol import MAX_ABS_VALUE
 
 A = "base_model.model.layer.0.q.lora_A.weight"
 B = "base_model.model.layer.0.q.lora_B.weight"
@@ -299,6 +301,39 @@ def test_nonfinite_matches_numpy_on_every_16_bit_pattern() -> None:
         [rng.integers(0, 2**32, 2**20, dtype=np.uint32), np.array([INF_F32, NAN_F32, 0xFF800001])]
     )
     assert (nonfinite(bits.tobytes(), "F32") == ~np.isfinite(bits.view(np.float32))).all()
+
+
+def test_out_of_range_matches_numpy_on_every_16_bit_pattern_and_f32_samples() -> None:
+    """NaN, Inf, or magnitude >= MAX_ABS_VALUE (2^20), by the exponent bits alone."""
+
+    def want(values: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return ~(np.abs(values.astype(np.float64)) < MAX_ABS_VALUE)
+
+    every = np.arange(2**16, dtype=np.uint16)
+    assert (out_of_range(every.tobytes(), "F16") == want(every.view(np.float16))).all()
+    as_f32 = (every.astype(np.uint32) << 16).view(np.float32)
+    assert (out_of_range(every.tobytes(), "BF16") == want(as_f32)).all()
+    rng = np.random.default_rng(2)
+    edges = np.array([2**20, 2**20 - 0.0625, -(2**20), 1e30, 3.0e38], np.float32).view(np.uint32)
+    bits = np.concatenate([rng.integers(0, 2**32, 2**20, dtype=np.uint32), edges])
+    assert (out_of_range(bits.tobytes(), "F32") == want(bits.view(np.float32))).all()
+
+
+def test_finite_values_whose_float32_sum_overflows_are_refused(tmp_path: Path) -> None:
+    """#14: each value finite, their float32 sum Inf: the worker refused the round; the API
+    now refuses the upload with the same rule, naming the tensor and the element."""
+    values = np.full((4, 8), 3.0e37, np.float32)
+    assert np.isfinite(values).all()
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(values.sum(dtype=np.float32))
+    path = tmp_path / "huge"
+    path.write_bytes(save({A: values}))
+    with pytest.raises(UploadRejected, match=r"magnitude 2\^20 or more at element 0"):
+        validate_safetensors(path, expected_shapes={A: (4, 8)}, max_header_bytes=MAX_HEADER)
+    below = np.full((4, 8), 2**20 - 1, np.float32)
+    path.write_bytes(save({A: below}))
+    validate_safetensors(path, expected_shapes={A: (4, 8)}, max_header_bytes=MAX_HEADER)
 
 
 def check_never_crashes(tmp_path: Path, data: bytes) -> None:

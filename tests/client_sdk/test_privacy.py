@@ -15,6 +15,7 @@ from fedlora_client._privacy import (
     add_gaussian_noise,
     backward_quietly,
     clip_update,
+    ensure_uploadable,
     joint_norm,
     privatize_update,
     secure_generator,
@@ -40,6 +41,15 @@ def test_clipped_norm_is_at_most_c(scale: float, clip: float) -> None:
             torch.testing.assert_close(clipped[k], update[k])
     else:
         assert joint_norm(clipped) == pytest.approx(clip, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 2.0**20, -3.0e37])
+def test_what_the_server_would_refuse_is_never_uploaded(bad: float) -> None:
+    update = _update(1.0, seed=0)
+    ensure_uploadable(update)
+    update["b"][3, 2] = bad
+    with pytest.raises(NonFiniteUpdateError, match="nothing was uploaded"):
+        ensure_uploadable(update)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

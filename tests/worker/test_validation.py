@@ -48,6 +48,11 @@ def _nan(u: ClientUpdate) -> None:
     u.tensors[lora_b_key(MODULE)][0, 0] = float("nan")
 
 
+def _huge(u: ClientUpdate) -> None:
+    """Finite values whose float32 sum overflows (#14): the API's rule refuses them too."""
+    u.tensors[lora_b_key(MODULE)].fill_(3.0e37)
+
+
 def _spec(u: ClientUpdate) -> None:
     u.lora = LoraSpec(rank=u.lora.rank, lora_alpha=u.lora.lora_alpha * 2)
 
@@ -65,6 +70,7 @@ CASES: list[tuple[Callable[[ClientUpdate], None], type[errors.UpdateValidationEr
     (_extra, errors.UnexpectedTensorError),
     (_missing, errors.MissingTensorError),
     (_nan, errors.NonFiniteUpdateError),
+    (_huge, errors.NonFiniteUpdateError),
     (_spec, errors.LoraSpecMismatchError),
     (_client, errors.UnknownClientError),
     (_examples, errors.UpdateValidationError),

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from fedlora_client.protocol import (
+    MAX_ABS_VALUE,
     LoraSpec,
     ModelSpec,
     PrivateModule,
@@ -273,9 +273,13 @@ class Strategy(ABC):
                 raise errors.ShapeMismatchError(
                     f"{key} has shape {tuple(t.shape)}, the plan says {shape}", client_id=cid
                 )
-            # one streaming reduction: NaN/Inf anywhere makes the float32 sum non-finite (a sum
-            # that overflows float32 is rejected too; no sane update comes near 1e38)
-            if not t.is_floating_point() or not bool(torch.isfinite(t.sum(dtype=torch.float32))):
+            # the API's rule (MAX_ABS_VALUE): one reduction; NaN anywhere makes amax NaN, and
+            # NaN < bound is False, so NaN, Inf and values too large all fail the comparison
+            if not t.is_floating_point() or (
+                t.numel() and not bool(t.detach().abs().amax() < MAX_ABS_VALUE)
+            ):
                 raise errors.NonFiniteUpdateError(
-                    f"{key} holds NaN/Inf (or is not floating point)", client_id=cid
+                    f"{key} holds NaN/Inf or a value of magnitude {MAX_ABS_VALUE:g} or more (or "
+                    "is not floating point)",
+                    client_id=cid,
                 )
