@@ -92,7 +92,7 @@ class Page:
 
     def __init__(
         self,
-        skip: Annotated[int, Query(ge=0, description="Rows to skip.")] = 0,
+        skip: Annotated[int, Query(ge=0, le=2**31 - 1, description="Rows to skip.")] = 0,
         limit: Annotated[int, Query(ge=1, le=500, description="Rows to return.")] = 100,
     ) -> None:
         self.skip = skip

@@ -94,6 +94,16 @@ def update_organization(
 
 def delete_organization(*, session: Session, admin: Admin, org_id: uuid.UUID) -> None:
     org = get_or_404(session=session, model=Organization, object_id=org_id, kind="organization")
+    clients = session.scalar(
+        sa.select(sa.func.count()).select_from(Client).where(Client.organization_id == org.id)
+    )
+    if clients:
+        # their updates, memberships and privacy ledger refer to them: never deleted with it
+        raise ConflictError(
+            f"organization {org.name!r} has {clients} client(s); an organization is deleted "
+            "only without clients (their updates and privacy ledger refer to them). Revoke "
+            "its clients to stop them taking part"
+        )
     audit(session=session, admin=admin, action="organization.delete", obj=org)
     session.delete(org)
     session.commit()

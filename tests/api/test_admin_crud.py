@@ -48,6 +48,18 @@ def test_organization_crud_and_paging(api: TestClient, admin_headers: dict[str, 
     assert r.status_code == 422  # ids and server fields are not settable
     assert api.delete(f"{V1}/organizations/{ids[2]}", headers=admin_headers).status_code == 204
     assert api.get(f"{V1}/organizations/{ids[2]}", headers=admin_headers).status_code == 404
+    # an organization with a client is refused by name (a 500 before), and stays as it was
+    party = enroll(api, admin_headers, ids[1], "c-1")
+    r = api.delete(f"{V1}/organizations/{ids[1]}", headers=admin_headers)
+    assert r.status_code == 409
+    assert "has 1 client(s)" in r.json()["detail"]
+    assert api.get(f"{V1}/organizations/{ids[1]}", headers=admin_headers).status_code == 200
+    r = api.get(f"{V1}/client/tasks/next", params={"wait": 0}, headers=party.headers)
+    assert r.status_code == 204  # its client still authenticates: nothing was deleted
+    # paging past any sane table size is a 422, not a database error
+    r = api.get(f"{V1}/organizations?skip={2**63}", headers=admin_headers)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", "skip"]
     audit = api.get(f"{V1}/audit-log", headers=admin_headers).json()
     assert {"organization.create", "organization.update", "organization.delete"} <= {
         e["action"] for e in audit["data"]
