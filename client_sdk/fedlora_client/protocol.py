@@ -592,7 +592,11 @@ class UploadManifest(BaseModel):
     lora: LoraSpec
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the safetensors body.")
     size: int = Field(gt=0, description="Bytes of the safetensors body.")
-    num_examples: int = Field(ge=1, description="Local dataset size (aggregation weight).")
+    num_examples: int = Field(
+        ge=1,
+        le=1_000_000_000,
+        description="Local dataset size (aggregation weight); at most 1e9 (the column is 32-bit).",
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="e.g. train_loss.")
     epsilon_spent: NonNegFloat = Field(
         default=0.0, description="Epsilon this task adds for the client, from the accountant."

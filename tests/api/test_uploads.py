@@ -195,6 +195,21 @@ def test_manifest_must_match_the_plan(api: TestClient, world: World) -> None:
     assert "plan" in r.json()["detail"]
 
 
+def test_a_num_examples_claim_the_database_cannot_hold_is_a_422(
+    api: TestClient, world: World
+) -> None:
+    """#14 item 2: 2^31 overflowed the column at the last chunk (a 500, the file stored)."""
+    task_id = _lease(api, world.a1.headers)
+    m = manifest_for(task_id, adapter_bytes(2)) | {"num_examples": 2**31}
+    r = api.post(
+        f"/api/v1/client/tasks/{task_id}/uploads",
+        json=m,
+        headers={**world.a1.headers, "Idempotency-Key": "too-many-examples"},
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "num_examples"]
+
+
 def test_download_start_adapter_and_global_adapter_tar(
     api: TestClient,
     world: World,
