@@ -62,7 +62,8 @@ def calibrate_threshold(
             ctx.round_number, cal.shift, offset, cal.balanced_accuracy_before,
             cal.balanced_accuracy_after, cal.num_examples,
         )  # fmt: skip
-    metrics["calibration_offset"] = offset
+    if cal is not None or offset != 0.0:  # round 1 (nothing measured yet) records nothing
+        metrics["calibration_offset"] = offset
     adapter = dict(result.adapter)
     if offset != 0.0:
         adapter[key] = shift_head_bias(adapter[key], offset)
