@@ -99,9 +99,10 @@ def _train_round(api: TestClient, world: World) -> dict[str, str]:
 
 def _evaluate(
     api: TestClient, headers: dict[str, str], task_id: str, sha: str, n: int, loss: float,
-    accuracy: float | None,
+    accuracy: float | None, counts: list[list[int]] | None = None,
 ) -> int:  # fmt: skip
-    body = {"adapter_sha256": sha, "num_examples": n, "loss": loss, "accuracy": accuracy}
+    body = {"adapter_sha256": sha, "num_examples": n, "loss": loss, "accuracy": accuracy,
+            "margin_histogram": counts}  # fmt: skip
     r = api.post(f"{V1}/client/tasks/{task_id}/evaluation", json=body, headers=headers)
     return r.status_code
 
@@ -184,14 +185,11 @@ def test_margin_counts_are_stored_and_handed_to_the_next_aggregation(
     counts_a = margin_histogram([-0.5, -0.4, 0.3], [0, 1, 1])
     counts_b = margin_histogram([-0.2, -0.1], [0, 0])
     task_a, task_b = _lease(api, a1.headers), _lease(api, b1.headers)
-    for headers, task_id, counts, n in ((a1.headers, task_a, counts_a, 3),
-                                        (b1.headers, task_b, counts_b, 2)):  # fmt: skip
-        body = {"adapter_sha256": first.sha256, "num_examples": n, "loss": 0.5,
-                "accuracy": 0.5, "margin_histogram": counts}  # fmt: skip
-        r = api.post(f"{V1}/client/tasks/{task_id}/evaluation", json=body, headers=headers)
-        assert r.status_code == 200, r.text
+    assert _evaluate(api, a1.headers, task_a, first.sha256, 3, 0.5, 0.5, counts_a) == 200
+    assert _evaluate(api, b1.headers, task_b, first.sha256, 2, 0.5, 0.5, counts_b) == 200
     # counts that do not add up to num_examples are refused, and the stored ones are kept
-    body |= {"num_examples": 7}
+    body = {"adapter_sha256": first.sha256, "num_examples": 7, "loss": 0.5,
+            "margin_histogram": counts_b}  # fmt: skip
     r = api.post(f"{V1}/client/tasks/{task_b}/evaluation", json=body, headers=b1.headers)
     assert r.status_code == 422
     assert "counts 2 rows but num_examples is 7" in r.text
