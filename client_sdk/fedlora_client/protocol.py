@@ -393,6 +393,19 @@ class DPSettings(BaseModel):
         description="'auto': the DP recipe (large logical batches, few steps, A frozen; see the "
         "class description); 'manual': training.batch_size and steps as given.",
     )
+    logical_batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="The 'auto' recipe's expected logical batch (Poisson-sampled; all of a "
+        "smaller dataset); empty: DP_LOGICAL_BATCH.",
+    )
+    steps_per_round: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="The 'auto' recipe's DP-SGD steps per round; empty: DP_STEPS_PER_ROUND.",
+    )
     noise_multiplier: float | None = Field(
         default=None, ge=0, description="sigma; leave empty to calibrate from target_epsilon."
     )
@@ -424,7 +437,8 @@ def local_schedule(training: LocalTraining, dp: DPSettings, n: int) -> tuple[int
     recipe's under sample-level DP with ``recipe='auto'``, else the training's own. The SDK
     trains and accounts with it; the server previews epsilon and noise with it."""
     if dp.mode is DPMode.SAMPLE and dp.recipe == "auto":
-        return max(1, min(n, DP_LOGICAL_BATCH)), DP_STEPS_PER_ROUND
+        batch = dp.logical_batch or DP_LOGICAL_BATCH
+        return max(1, min(n, batch)), dp.steps_per_round or DP_STEPS_PER_ROUND
     return training.batch_size, training.steps
 
 

@@ -197,3 +197,30 @@ def test_an_unreachable_target_says_what_to_change() -> None:
 def test_the_preview_imports_no_torch() -> None:
     code = "import sys, fedlora_client.dp_preview; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_recipe_batch_and_steps_can_be_overridden_and_the_preview_follows() -> None:
+    dp = p.DPSettings(
+        mode=p.DPMode.SAMPLE, target_epsilon=8.0, logical_batch=1024, steps_per_round=7
+    )
+    training = p.LocalTraining()
+    assert p.local_schedule(training, dp, 5120) == (1024, 7)
+    assert p.local_schedule(training, dp, 300) == (300, 7)  # a smaller dataset is taken whole
+    # 'manual' ignores the recipe's knobs: the training's own batch and steps
+    manual = dp.model_copy(update={"recipe": "manual"})
+    assert p.local_schedule(training, manual, 5120) == (training.batch_size, training.steps)
+    _, (row,) = preview(
+        training=training,
+        dp=dp,
+        num_rounds=3,
+        clients_per_round=4,
+        rank=8,
+        modules=MODULES,
+        extra_trainable=HEAD,
+        dataset_sizes=[5120],
+    )
+    assert (row.logical_batch, row.steps_per_round, row.total_steps) == (1024, 7, 21)
+    library = _library_epsilon_sample(row.noise_multiplier, row.sampling_rate, 21, dp.delta)
+    assert library == pytest.approx(8.0, abs=0.02)
+    with pytest.raises(ValueError):
+        p.DPSettings(mode=p.DPMode.SAMPLE, target_epsilon=8.0, steps_per_round=0)
