@@ -15,7 +15,7 @@ from api.config import Settings
 from api.db import Admin, Client, utcnow
 from api.errors import AuthenticationError
 from api.queue import Enqueuer
-from api.security import decode_access_token, hash_secret, secrets_match
+from api.security import PasswordGate, decode_access_token, hash_secret, secrets_match
 
 _admin_bearer = HTTPBearer(
     scheme_name="AdminToken", description="JWT from POST /api/v1/auth/login.", auto_error=False
@@ -41,9 +41,36 @@ def get_enqueuer(request: Request) -> Enqueuer:
     return enqueuer
 
 
+def get_password_gate(request: Request) -> PasswordGate:
+    gate: PasswordGate = request.app.state.password_gate
+    return gate
+
+
+def get_client_ip(request: Request) -> str | None:
+    """The caller's address (uvicorn puts a trusted proxy's X-Forwarded-For here)."""
+    return request.client.host if request.client else None
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+PasswordGateDep = Annotated[PasswordGate, Depends(get_password_gate)]
+ClientIpDep = Annotated[str | None, Depends(get_client_ip)]
+
+
+def _admin_for(session: Session, settings: Settings, token: str) -> Admin:
+    """The active admin whose token this is, if its version is still the admin's (not revoked
+    by a logout or a password change since); otherwise 401."""
+    claims = decode_access_token(token, secret_key=settings.secret_key)
+    admin = session.get(Admin, claims.admin_id) if claims else None
+    if admin is None or not admin.is_active or claims is None:
+        raise AuthenticationError("invalid or expired admin token: log in again")
+    if admin.token_version != claims.version:
+        raise AuthenticationError(
+            "admin token revoked (logged out or password changed): log in again"
+        )
+    session.commit()  # release the connection between the check and the route's own work
+    return admin
 
 
 def get_current_admin(
@@ -53,12 +80,7 @@ def get_current_admin(
 ) -> Admin:
     if creds is None:
         raise AuthenticationError("admin login required: send 'Authorization: Bearer <token>'")
-    admin_id = decode_access_token(creds.credentials, secret_key=settings.secret_key)
-    admin = session.get(Admin, admin_id) if admin_id else None
-    if admin is None or not admin.is_active:
-        raise AuthenticationError("invalid or expired admin token: log in again")
-    session.commit()  # release the connection between the check and the route's own work
-    return admin
+    return _admin_for(session, settings, creds.credentials)
 
 
 def get_current_client(

@@ -10,6 +10,8 @@
     +-- ConflictError (409)         the object's current state forbids the action
     +-- PayloadTooLargeError (413)
     +-- InvalidInputError (422)     a field's value is wrong; the message names it and the fix
+    +-- TooManyRequestsError (429)  throttled (failed logins); ``Retry-After`` says when to retry
+    +-- ServiceBusyError (503)      saturated (password hashing slots); ``Retry-After`` as well
 
 The artifact store's and upload validator's errors carry their own ``status_code``
 (``api.storage.ArtifactError`` and ``api.uploads``); :func:`install_error_handlers` maps them
@@ -78,6 +80,23 @@ class PayloadTooLargeError(ApiError):
 class InvalidInputError(ApiError):
     status_code = 422
     code = "invalid_input"
+
+
+class TooManyRequestsError(ApiError):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)
+
+
+class ServiceBusyError(ApiError):
+    status_code = 503
+    code = "service_busy"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
 
 
 def _body(message: str, code: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from api.observability import install_metrics
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import ROUTERS, system
 from api.schemas.common import ErrorPublic
+from api.security import PasswordGate
 from api.services.identity import ensure_bootstrap_admin
 from api.storage import ArtifactStore
 from api.strict_json import StrictJSONMiddleware
@@ -78,6 +79,9 @@ def create_app(
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
     app.state.broker_check = broker_check or system.broker_check_for(settings)
     app.state.store = ArtifactStore(settings.resolved_artifact_dir)
+    app.state.password_gate = PasswordGate(
+        settings.password_hash_concurrency, settings.password_hash_wait_seconds
+    )
     # inside CORS (added later, so outer): its refusals carry the CORS headers too
     app.add_middleware(StrictJSONMiddleware, limit=settings.max_json_body_bytes)
     if settings.cors_origins:

@@ -3,7 +3,7 @@
 from api.db.base import Base, utcnow
 from api.db.evaluations import AdapterEvaluation
 from api.db.federation import Federation, FederationStatus, Membership
-from api.db.identity import Admin, Client, JoinToken, Organization
+from api.db.identity import Admin, Client, JoinToken, LoginThrottle, Organization
 from api.db.rounds import (
     AuditLogEntry,
     GlobalAdapter,
@@ -30,6 +30,7 @@ __all__ = [
     "FederationStatus",
     "GlobalAdapter",
     "JoinToken",
+    "LoginThrottle",
     "Membership",
     "Organization",
     "PrivacyLedgerEntry",

@@ -67,3 +67,22 @@ class Admin(IdMixin, CreatedMixin, Base):
     email: Mapped[str] = mapped_column(sa.String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(sa.String(256))
     is_active: Mapped[bool] = mapped_column(default=True)
+    token_version: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    """Embedded in each admin token; logout and password change raise it, revoking the rest."""
+    password_changed_at: Mapped[datetime | None]
+
+
+class LoginThrottle(Base):
+    """Failed logins counted per account and per client IP, shared by every API process.
+
+    ``key`` is the sha256 of ``account:<email>`` or ``ip:<address>``: what was typed into the
+    email field (sometimes a password) is never stored. Rows whose window and lockout have both
+    ended are deleted as new failures come in.
+    """
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    window_started_at: Mapped[datetime] = mapped_column(index=True)
+    locked_until: Mapped[datetime | None]

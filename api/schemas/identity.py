@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.config import MIN_PASSWORD_LENGTH
 from api.schemas.common import NameStr, PublicModel
 
 
@@ -16,6 +17,17 @@ class LoginRequest(BaseModel):
 
     email: str = Field(min_length=3, max_length=320)
     password: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(
+        min_length=MIN_PASSWORD_LENGTH,
+        max_length=1024,
+        description=f"At least {MIN_PASSWORD_LENGTH} characters, not a common default.",
+    )
 
 
 class Token(BaseModel):
@@ -86,7 +98,7 @@ class JoinTokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     organization_id: uuid.UUID
-    expires_in_minutes: int = Field(default=24 * 60, ge=1, le=60 * 24 * 30)
+    expires_in_minutes: int = Field(default=24 * 60, ge=1, le=60 * 24 * 30, strict=True)
     note: str = Field(default="", max_length=256)
 
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.config import Settings
+from api.config import Settings, password_weakness
 from api.db import Admin, Client, JoinToken, Organization, utcnow
-from api.errors import AuthenticationError, ConflictError
+from api.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    PermissionDeniedError,
+    ServiceBusyError,
+)
 from api.schemas.identity import (
     ClientCreate,
     ClientUpdate,
@@ -20,6 +29,7 @@ from api.schemas.identity import (
     OrganizationUpdate,
 )
 from api.security import (
+    PasswordGate,
     create_access_token,
     hash_password,
     hash_secret,
@@ -28,6 +38,7 @@ from api.security import (
     secrets_match,
     verify_password,
 )
+from api.services import login_throttle
 from api.services.common import audit, get_or_404
 from fedlora_client.protocol import EnrollRequest, HardwareProfile
 
@@ -49,13 +60,112 @@ def ensure_bootstrap_admin(*, session: Session, settings: Settings) -> None:
         session.rollback()
 
 
-def login(*, session: Session, settings: Settings, email: str, password: str) -> str:
-    admin = session.scalar(sa.select(Admin).where(Admin.email == email.lower()))
-    ok = verify_password(password, admin.password_hash if admin else _DUMMY_HASH)
-    if admin is None or not ok or not admin.is_active:
-        raise AuthenticationError("wrong email or password")
+def _access_token(admin: Admin, settings: Settings) -> str:
     return create_access_token(
-        admin_id=admin.id, secret_key=settings.secret_key, minutes=settings.access_token_minutes
+        admin_id=admin.id,
+        version=admin.token_version,
+        secret_key=settings.secret_key,
+        minutes=settings.access_token_minutes,
+    )
+
+
+@contextmanager
+def _hashing_slot(gate: PasswordGate) -> Iterator[None]:
+    """Hold one of the process's hashing slots; 503 with Retry-After when none frees up."""
+    with gate.slot() as ok:
+        if not ok:
+            raise ServiceBusyError(
+                "the server is busy checking other logins: retry in a few seconds",
+                retry_after=math.ceil(gate.wait_seconds) or 1,
+            )
+        yield
+
+
+def _verify(gate: PasswordGate, password: str, password_hash: str) -> bool:
+    with _hashing_slot(gate):
+        return verify_password(password, password_hash)
+
+
+def login(
+    *,
+    session: Session,
+    settings: Settings,
+    gate: PasswordGate,
+    email: str,
+    password: str,
+    client_ip: str | None,
+) -> str:
+    """An admin token for the right email and password.
+
+    Refused with 429 while the account or the caller's IP is locked out after repeated failures
+    (:mod:`api.services.login_throttle`), and with 503 while this process already computes as
+    many password hashes as ``password_hash_concurrency`` allows.
+    """
+    keys = login_throttle.keys_for(settings=settings, email=email, client_ip=client_ip)
+    login_throttle.ensure_not_locked(session=session, keys=keys)
+    admin = session.scalar(sa.select(Admin).where(Admin.email == email.lower()))
+    session.commit()  # hold no connection while hashing
+    ok = _verify(gate, password, admin.password_hash if admin else _DUMMY_HASH)
+    if admin is None or not ok or not admin.is_active:
+        login_throttle.record_failure(session=session, settings=settings, keys=keys)
+        raise AuthenticationError("wrong email or password")
+    login_throttle.record_success(session=session, keys=keys)
+    return _access_token(admin, settings)
+
+
+def logout(*, session: Session, admin: Admin) -> None:
+    """Revoke every token of ``admin`` (this one and those on other devices)."""
+    _bump_token_version(session, admin)
+    audit(session=session, admin=admin, action="admin.logout", obj=admin)
+    session.commit()
+
+
+def change_password(
+    *,
+    session: Session,
+    settings: Settings,
+    gate: PasswordGate,
+    admin: Admin,
+    current_password: str,
+    new_password: str,
+    client_ip: str | None,
+) -> str:
+    """Set a new password, revoke every earlier token and return a fresh one.
+
+    A wrong current password counts as a failed login (a stolen token is no way around the
+    lockout) and is refused with 403, not 401: the token itself is still valid.
+    """
+    keys = login_throttle.keys_for(settings=settings, email=admin.email, client_ip=client_ip)
+    login_throttle.ensure_not_locked(session=session, keys=keys)
+    if not _verify(gate, current_password, admin.password_hash):
+        login_throttle.record_failure(session=session, settings=settings, keys=keys)
+        raise PermissionDeniedError("current_password is wrong: send the password you log in with")
+    weakness = password_weakness(new_password, email=admin.email)
+    if weakness:
+        raise InvalidInputError(f"new_password {weakness}; choose a longer, less common one")
+    if new_password == current_password:
+        raise InvalidInputError("new_password is the current password; choose a different one")
+    with _hashing_slot(gate):
+        new_hash = hash_password(new_password)
+    row = session.get(Admin, admin.id)
+    if row is None:  # pragma: no cover - deleted between the token check and here
+        raise AuthenticationError("invalid or expired admin token: log in again")
+    row.password_hash = new_hash
+    row.password_changed_at = utcnow()
+    _bump_token_version(session, row)
+    audit(session=session, admin=row, action="admin.change_password", obj=row)
+    session.commit()
+    session.refresh(row)
+    return _access_token(row, settings)
+
+
+def _bump_token_version(session: Session, admin: Admin) -> None:
+    """``token_version + 1`` in SQL, so two concurrent bumps both count."""
+    session.execute(
+        sa.update(Admin)
+        .where(Admin.id == admin.id)
+        .values(token_version=Admin.token_version + 1)
+        .execution_options(synchronize_session=False)
     )
 
 
