@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = Field(
         default="development",
         description="'production' refuses to start with a weak secret key or bootstrap admin "
-        "password, the embedded SQLite database or broker, or CORS '*'.",
+        "password, the embedded SQLite database or broker, or CORS '*', and protects /metrics "
+        "and the API docs by default.",
     )
     data_dir: Path = Field(
         default=Path("fedlora-data"),
@@ -132,6 +133,19 @@ class Settings(BaseSettings):
     )
     password_hash_wait_seconds: float = Field(
         default=5.0, ge=0, le=60, description="How long a login waits for a hashing slot."
+    )
+    protect_docs_and_metrics: bool | None = Field(
+        default=None,
+        description="Require an admin token (or metrics_token, for /metrics) for /metrics and "
+        "the OpenAPI document, and turn the interactive docs off. Default: on in production, "
+        "off in development.",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=32,
+        repr=False,
+        description="A long-lived bearer token Prometheus may scrape /metrics with while "
+        "protect_docs_and_metrics is on (admin tokens expire).",
     )
     max_upload_bytes: int = Field(
         default=4 * 1024**3, ge=1024, description="Largest accepted update file."
@@ -220,6 +234,12 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("production settings refused: " + "; ".join(problems))
         return self
+
+    @property
+    def docs_and_metrics_protected(self) -> bool:
+        if self.protect_docs_and_metrics is not None:
+            return self.protect_docs_and_metrics
+        return self.environment == "production"
 
     @property
     def resolved_database_url(self) -> str:

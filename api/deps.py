@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated
@@ -81,6 +82,31 @@ def get_current_admin(
     if creds is None:
         raise AuthenticationError("admin login required: send 'Authorization: Bearer <token>'")
     return _admin_for(session, settings, creds.credentials)
+
+
+def require_docs_and_metrics_access(
+    request: Request,
+    settings: SettingsDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+) -> None:
+    """Nothing while ``protect_docs_and_metrics`` is off; else an admin token, or for
+    ``/metrics`` also ``metrics_token`` (Prometheus cannot log in)."""
+    if not settings.docs_and_metrics_protected:
+        return
+    if creds is None:
+        raise AuthenticationError(
+            "this endpoint needs 'Authorization: Bearer <admin token>' "
+            "(FEDLORA_PROTECT_DOCS_AND_METRICS is on)"
+        )
+    token = settings.metrics_token
+    if (
+        token
+        and request.url.path == "/metrics"
+        and hmac.compare_digest(creds.credentials.encode(), token.encode())
+    ):
+        return
+    with request.app.state.session_factory() as session:
+        _admin_for(session, settings, creds.credentials)
 
 
 def get_current_client(

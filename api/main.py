@@ -3,6 +3,8 @@
 Routers live under ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``, operation ids
 ``{tag}-{name}``); ``/healthz``, ``/readyz`` and ``/metrics`` sit at the root. The app holds its
 engine, session factory, artifact store and job enqueuer on ``app.state`` so tests can swap any.
+With ``protect_docs_and_metrics`` (the production default) the OpenAPI document and
+``/metrics`` need an admin token and the interactive docs page is not served.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from api.config import Settings, get_settings
 from api.dashboard import find_dashboard, mount_dashboard
 from api.db import engine_from_settings, make_session_factory
+from api.deps import require_docs_and_metrics_access
 from api.errors import install_error_handlers
+from api.http_headers import SecurityHeadersMiddleware
 from api.observability import install_metrics
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import ROUTERS, system
@@ -63,16 +67,27 @@ def create_app(
         yield
         engine.dispose()
 
+    protected = settings.docs_and_metrics_protected
     app = FastAPI(
         title="fedlora control plane",
         version="1",
         description="Federated LoRA fine-tuning: federations, clients, rounds, tasks, adapters.",
-        openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        openapi_url=None if protected else f"{API_PREFIX}/openapi.json",
+        docs_url=None if protected else f"{API_PREFIX}/docs",
         redoc_url=None,
         generate_unique_id_function=operation_id,
         lifespan=lifespan,
     )
+    if protected:
+
+        @app.get(
+            f"{API_PREFIX}/openapi.json",
+            include_in_schema=False,
+            dependencies=[Depends(require_docs_and_metrics_access)],
+        )
+        def openapi_document() -> dict[str, Any]:
+            return app.openapi()
+
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
@@ -91,6 +106,7 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response carries them
     install_error_handlers(app)
     install_metrics(app)
     app.include_router(system.router)

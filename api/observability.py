@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -13,6 +13,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from api.deps import require_docs_and_metrics_access
 
 
 def _route_template(request: Request) -> str:
@@ -52,6 +54,12 @@ def install_metrics(app: FastAPI) -> None:
         requests.labels(request.method, route, str(response.status_code)).inc()
         return response
 
-    @app.get("/metrics", tags=["system"], include_in_schema=False)
+    @app.get(
+        "/metrics",
+        tags=["system"],
+        include_in_schema=False,
+        dependencies=[Depends(require_docs_and_metrics_access)],
+    )
     def metrics() -> Response:
+        """Prometheus text; behind an admin token or ``metrics_token`` when protected."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

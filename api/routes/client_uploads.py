@@ -37,9 +37,19 @@ def create_upload(
     client: CurrentClient,
     session: SessionDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+    idempotency_key: Annotated[
+        str,
+        Header(
+            alias=IDEMPOTENCY_HEADER,
+            description="Required: 8-128 characters [A-Za-z0-9._:-] (e.g. a UUID) naming this "
+            "upload; send the same key when you retry and you get the same session back.",
+        ),
+    ],
 ) -> UploadSession:
-    """Open an upload session for a leased task; the same key returns the same session."""
+    """Open an upload session for a leased task; the same key returns the same session.
+
+    The ``Idempotency-Key`` header is required (422 without it, 400 if malformed).
+    """
     return updates.begin_upload(
         session=session,
         store=request.app.state.store,

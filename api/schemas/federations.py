@@ -66,11 +66,14 @@ class FederationCreate(BaseModel):
         description="Server optimizer around the strategy (FedAvgM, FedAdam, FedYogi); empty "
         "takes the platform's default for the strategy.",
     )
-    global_rank: int = Field(ge=1, le=4096, description="Rank of the global adapter.")
-    num_rounds: int = Field(ge=1, le=100_000)
-    clients_per_round: int = Field(ge=1, le=100_000)
-    min_clients: int = Field(ge=1, le=100_000, description="Fewest updates a round needs.")
-    round_deadline_seconds: int = Field(ge=10, le=30 * 24 * 3600)
+    # strict: JSON true is not 1, "4" is not 4 (see MembershipCreate)
+    global_rank: int = Field(ge=1, le=4096, strict=True, description="Rank of the global adapter.")
+    num_rounds: int = Field(ge=1, le=100_000, strict=True)
+    clients_per_round: int = Field(ge=1, le=100_000, strict=True)
+    min_clients: int = Field(
+        ge=1, le=100_000, strict=True, description="Fewest updates a round needs."
+    )
+    round_deadline_seconds: int = Field(ge=10, le=30 * 24 * 3600, strict=True)
     training: LocalTraining = Field(
         default_factory=LocalTraining,
         description="Local training; fields left out take the platform's defaults for the "
@@ -127,7 +130,7 @@ class FederationUpdate(BaseModel):
     description: str | None = Field(default=None, max_length=2048)
     strategy_params: dict[str, Any] | None = None
     server_optimizer: ServerOptimizerParams | None = None
-    global_rank: int | None = Field(default=None, ge=1, le=4096)
+    global_rank: int | None = Field(default=None, ge=1, le=4096, strict=True)
     num_rounds: int | None = Field(default=None, ge=1, le=100_000)
     clients_per_round: int | None = Field(default=None, ge=1, le=100_000)
     min_clients: int | None = Field(default=None, ge=1, le=100_000)
@@ -173,13 +176,16 @@ class MembershipCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     client_id: uuid.UUID
-    rank_budget: int = Field(ge=1, le=4096, description="Highest LoRA rank this client trains.")
+    # strict: lax pydantic reads JSON `true` as 1 and "8" as 8; a rank is a JSON integer
+    rank_budget: int = Field(
+        ge=1, le=4096, strict=True, description="Highest LoRA rank this client trains."
+    )
 
 
 class MembershipUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rank_budget: int | None = Field(default=None, ge=1, le=4096)
+    rank_budget: int | None = Field(default=None, ge=1, le=4096, strict=True)
     active: bool | None = None
 
 

@@ -89,7 +89,7 @@ def begin_upload(
     settings: Settings,
     client: Client,
     task_id: uuid.UUID,
-    idempotency_key: str | None,
+    idempotency_key: str,
     manifest: UploadManifest,
 ) -> UploadSession:
     """Open (or, for a repeated idempotency key, return) the upload session for a task."""

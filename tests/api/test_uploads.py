@@ -117,8 +117,15 @@ def test_missing_idempotency_key_is_explained(api: TestClient, world: World) -> 
         json=manifest_for(task_id, body),
         headers=world.a1.headers,
     )
+    assert r.status_code == 422  # required, as the OpenAPI says
+    assert r.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    r = api.post(
+        f"/api/v1/client/tasks/{task_id}/uploads",
+        json=manifest_for(task_id, body),
+        headers={**world.a1.headers, "Idempotency-Key": "short"},
+    )
     assert r.status_code == 400
-    assert "Idempotency-Key" in r.json()["detail"]
+    assert "Idempotency-Key header of 8-128 characters" in r.json()["detail"]
 
 
 def _pickle_bytes() -> bytes:
