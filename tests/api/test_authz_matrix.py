@@ -109,7 +109,8 @@ def test_every_route_answers_each_caller_as_it_should(
     objects: dict[str, str] = world.parties["objects"]  # type: ignore[assignment]
     admin = world.admin
     problems: list[str] = []
-    routes = _routes(app)
+    # logout revokes the admin's tokens, the matrix's own included: it goes last
+    routes = sorted(_routes(app), key=lambda route: route[2] == "auth-logout")
     assert len(routes) > 40
     for method, path, op, tag in routes:
         has_ids = "{" in path
