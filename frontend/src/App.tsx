@@ -1,7 +1,7 @@
 import { createElement, lazy, Suspense, useEffect, useRef, type ComponentType, type ReactNode } from "react";
 import { Link, Redirect, Route, Switch, useLocation } from "wouter";
 import { useQueryClient } from "@tanstack/react-query";
-import { setUnauthorizedHandler } from "./api/client";
+import { revokeToken, setUnauthorizedHandler } from "./api/client";
 import { useAuth, AuthProvider } from "./auth";
 import { Loading, PageErrorBoundary } from "./components/states";
 import { SignIn } from "./pages/SignIn";
@@ -82,7 +82,14 @@ function Shell({ children }: { children: ReactNode }) {
           <span className="muted" title={email ?? undefined}>
             {email}
           </span>
-          <button type="button" className="btn btn-small" onClick={() => signOut()}>
+          <button
+            type="button"
+            className="btn btn-small"
+            onClick={() => {
+              revokeToken();
+              signOut();
+            }}
+          >
             Sign out
           </button>
         </div>

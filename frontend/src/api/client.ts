@@ -36,6 +36,15 @@ const auth: Middleware = {
 export const api = createClient<paths>({ baseUrl: window.location.origin });
 api.use(auth);
 
+/** Revokes the stored token on the server (POST /auth/logout: every token of this admin),
+ * in the background; call before dropping it locally. A failure only leaves it to expire. */
+export function revokeToken(): void {
+  const token = getToken();
+  if (!token) return;
+  const headers = { Authorization: `Bearer ${token}` };
+  api.POST("/api/v1/auth/logout", { headers }).catch(() => undefined);
+}
+
 /** One validation problem, as FastAPI/pydantic report it. */
 interface ValidationItem {
   loc?: (string | number)[];
