@@ -222,5 +222,5 @@ def test_recipe_batch_and_steps_can_be_overridden_and_the_preview_follows() -> N
     assert (row.logical_batch, row.steps_per_round, row.total_steps) == (1024, 7, 21)
     library = _library_epsilon_sample(row.noise_multiplier, row.sampling_rate, 21, dp.delta)
     assert library == pytest.approx(8.0, abs=0.02)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="steps_per_round"):
         p.DPSettings(mode=p.DPMode.SAMPLE, target_epsilon=8.0, steps_per_round=0)
