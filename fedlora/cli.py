@@ -142,6 +142,13 @@ def demo(
     serve: bool = typer.Option(True, help="Keep the dashboard up at the end (--no-serve exits)."),
     port: int | None = typer.Option(None, help="API/dashboard port (default: a free one)."),
     seed: int = typer.Option(0, help="Seed of the data and its split."),
+    examples: int | None = typer.Option(
+        None,
+        min=100,
+        max=1_000_000,
+        help="Training examples over all organizations, generated or read from --data "
+        "(default: the demo's own).",
+    ),
 ) -> None:
     """Run a demo federation on the embedded default (SQLite, local artifacts, a real worker)."""
     from fedlora.demo import Demo, DemoOptions
@@ -167,6 +174,7 @@ def demo(
         serve=serve,
         port=port,
         seed=seed,
+        **({"examples": examples} if examples is not None else {}),
         target_epsilon=epsilon or None,
     )
     Demo(options).run()
