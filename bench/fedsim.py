@@ -183,6 +183,14 @@ class Simulation:
                 if result.private is not None:
                     privates[cid] = result.private
                 losses.append(result.metrics["train_loss"])
+                if "dp_clipped_fraction" in result.metrics:
+                    m = result.metrics
+                    log(
+                        f"    client {ids.index(cid)} rank {plan.lora.rank} n {len(data)}: "
+                        f"sigma {m['noise_multiplier']:.2f}, clipped "
+                        f"{m['dp_clipped_fraction']:.2f} (head "
+                        f"{m.get('dp_clipped_fraction_head', float('nan')):.2f})"
+                    )
                 updates.append(ClientUpdate(cid, plan.lora, result.tensors, len(data)))
             result_agg = strat.aggregate(state, ctx, updates)
             if calibration is not None:
