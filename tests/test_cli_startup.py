@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 HEAVY = ("torch", "transformers", "peft", "opacus", "dp_accounting")
 
 PROBE = textwrap.dedent("""
@@ -38,3 +40,20 @@ def test_cli_commands_that_do_not_train_never_import_torch() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "['strategies'] 0" in out.stdout
     assert "'--token', 'short'] 1" in out.stdout  # refused, exit 1, before loading anything
+
+
+def test_demo_passes_its_data_size_to_the_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import fedlora.cli
+    import fedlora.demo
+
+    seen: list[fedlora.demo.DemoOptions] = []
+    monkeypatch.setattr(fedlora.demo.Demo, "run", lambda self: seen.append(self.opts))
+    runner = CliRunner()
+    assert runner.invoke(fedlora.cli.app, ["demo", "--examples", "12000"]).exit_code == 0
+    assert runner.invoke(fedlora.cli.app, ["demo"]).exit_code == 0
+    assert [o.examples for o in seen] == [12000, fedlora.demo.DemoOptions.examples]
+    refused = runner.invoke(fedlora.cli.app, ["demo", "--examples", "5"])
+    assert refused.exit_code == 2
+    assert len(seen) == 2
