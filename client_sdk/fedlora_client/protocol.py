@@ -336,7 +336,28 @@ class LocalTraining(BaseModel):
 
 
 DP_LOGICAL_BATCH = 512
-"""The DP recipe's logical batch (Poisson-sampled; all of a smaller dataset)."""
+"""The DP recipe's smallest logical batch (Poisson-sampled; all of a smaller dataset)."""
+DP_MAX_LOGICAL_BATCH = 2048
+"""The DP recipe's largest logical batch (bounds a large organization's compute per step)."""
+DP_SAMPLING_RATE = 0.125
+"""The DP recipe's sampling rate between those bounds: the logical batch is N / 8."""
+
+
+def dp_recipe_batch(n: int) -> int:
+    """The DP recipe's logical batch for an organization of ``n`` examples: ``n / 8``, at least
+    ``DP_LOGICAL_BATCH`` (all of a smaller dataset) and at most ``DP_MAX_LOGICAL_BATCH``.
+
+    Noise per step falls as 1 / batch, while the accountant's sigma grows much more slowly with
+    the sampling rate q while q is small (subsampling amplifies privacy): at epsilon 8 over 20
+    steps, a batch 4x larger (q 0.03 -> 0.12) raises sigma by about half, so the signal-to-noise
+    of a step grows 2.7x; past q of about 1/8, doubling the batch buys a third or less. So large
+    organizations take large batches, and a small one is not made to compute for nothing
+    (measured: docs/benchmarks.md)."""
+    if n <= DP_LOGICAL_BATCH:
+        return max(1, n)
+    return min(DP_MAX_LOGICAL_BATCH, max(DP_LOGICAL_BATCH, round(n * DP_SAMPLING_RATE)))
+
+
 DP_STEPS_PER_ROUND = 2
 """The DP recipe's DP-SGD steps per round."""
 
@@ -346,8 +367,9 @@ class DPSettings(BaseModel):
 
     With ``recipe='auto'`` (the default) sample-level DP-SGD does not use the local training's
     batch and steps: each organization takes ``DP_STEPS_PER_ROUND`` steps per round of a
-    Poisson-sampled logical batch of ``min(N, DP_LOGICAL_BATCH)`` of its ``N`` examples
-    (split into micro-batches of ``training.physical_batch_size``, 32 when unset), with LoRA's
+    Poisson-sampled logical batch of ``dp_recipe_batch(N)`` of its ``N`` examples (N / 8
+    within [512, 2048]; ``logical_batch`` and ``steps_per_round`` override them), split into
+    micro-batches of ``training.physical_batch_size`` (32 when unset), with LoRA's
     A factors frozen (FFA-LoRA: half the noised dimensions, exact averaging of B). Noise per
     step falls as 1/batch while the accountant's sigma grows only slowly with the sampling rate,
     so a few large batches keep far more signal than many small ones at the same epsilon.
@@ -398,7 +420,8 @@ class DPSettings(BaseModel):
         ge=1,
         le=1_000_000,
         description="The 'auto' recipe's expected logical batch (Poisson-sampled; all of a "
-        "smaller dataset); empty: DP_LOGICAL_BATCH.",
+        "smaller dataset); empty: the recipe's rule, N / 8 of an organization's N examples "
+        "within [512, 2048] (all of a smaller dataset).",
     )
     steps_per_round: int | None = Field(
         default=None,
@@ -437,8 +460,8 @@ def local_schedule(training: LocalTraining, dp: DPSettings, n: int) -> tuple[int
     recipe's under sample-level DP with ``recipe='auto'``, else the training's own. The SDK
     trains and accounts with it; the server previews epsilon and noise with it."""
     if dp.mode is DPMode.SAMPLE and dp.recipe == "auto":
-        batch = dp.logical_batch or DP_LOGICAL_BATCH
-        return max(1, min(n, batch)), dp.steps_per_round or DP_STEPS_PER_ROUND
+        batch = min(n, dp.logical_batch) if dp.logical_batch else dp_recipe_batch(n)
+        return max(1, batch), dp.steps_per_round or DP_STEPS_PER_ROUND
     return training.batch_size, training.steps
 
 
