@@ -272,7 +272,33 @@ def build_table(runs: Sequence[dict[str, Any]], baseline: float | None = None) -
             f"| {len(rs[0]['rounds'])} | {wall:.0f} |"
         )
     foot = f"\nMajority-class dev accuracy (learned nothing): {baseline:.3f}\n" if baseline else ""
-    return head + "\n".join(lines) + "\n" + foot
+    return head + "\n".join(lines) + "\n" + foot + dp_table(runs)
+
+
+def dp_table(runs: Sequence[dict[str, Any]]) -> str:
+    """What each organization's DP-SGD ran (the first round of each DP federation, and the
+    clipped fractions over all rounds), so a DP row says which sigma, batch, steps and
+    clipping produced it."""
+    lines = []
+    for r in runs:
+        first = [row for x in r["rounds"][:1] for row in x.get("dp", [])]
+        if not first:
+            continue
+        for i, row in enumerate(first):
+            clipped = [x["dp"][i]["clipped"] for x in r["rounds"] if len(x.get("dp", [])) > i]
+            head = [x["dp"][i]["clipped_head"] for x in r["rounds"] if len(x.get("dp", [])) > i]
+            lines.append(
+                f"| {r['key']} | {row['num_examples']} | {row['rank']} | {row['sigma']:.3f} "
+                f"| {row['logical_batch']:.0f} | {row['steps']} "
+                f"| {statistics.mean(clipped):.2f} | {statistics.mean(head):.2f} |"
+            )
+    if not lines:
+        return ""
+    return (
+        "\nDP-SGD per organization (round 1; clipped fractions: mean over rounds, LoRA factors "
+        "/ head)\n\n| run | examples | rank | sigma | logical batch | steps/round | clipped "
+        "| clipped head |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _privacy_order(privacy: str) -> tuple[int, float]:
@@ -511,6 +537,7 @@ class Fleet:
                     "upload_bytes_mean": statistics.mean(u["size"] for u in ups) if ups else 0,
                     "ranks": [u["lora"]["rank"] for u in ups],
                     "epsilon_max": max((u["epsilon"] for u in ups), default=0.0),
+                    "dp": dp_used(ups, [cid for cid, _ in self.clients]),
                     "seconds": time.monotonic() - run.started,
                 }
                 loss = run.rounds[number]["train_loss"] or float("nan")
@@ -528,6 +555,28 @@ class Fleet:
             proc.stop()
         self.admin.close()
         self.platform.stop()
+
+
+def dp_used(updates: list[dict[str, Any]], clients: list[str]) -> list[dict[str, Any]]:
+    """What each organization's DP-SGD ran in one round, from its upload's metrics: sigma, the
+    mean logical batch, steps, and the clipped fractions (empty without sample-level DP)."""
+    rows = []
+    for u in sorted(updates, key=lambda u: clients.index(u["client_id"])
+                    if u["client_id"] in clients else len(clients)):  # fmt: skip
+        m = u["metrics"]
+        if not m.get("noise_multiplier") or "dp_clipped_fraction" not in m:
+            continue
+        steps = max(1.0, float(m.get("steps", 1)))
+        rows.append({
+            "num_examples": u["num_examples"],
+            "rank": u["lora"]["rank"],
+            "sigma": round(float(m["noise_multiplier"]), 4),
+            "logical_batch": round(float(m.get("examples_seen", 0)) / steps, 1),
+            "steps": int(steps),
+            "clipped": round(float(m["dp_clipped_fraction"]), 3),
+            "clipped_head": round(float(m.get("dp_clipped_fraction_head", float("nan"))), 3),
+        })  # fmt: skip
+    return rows
 
 
 def record(

@@ -154,3 +154,32 @@ def test_federation_body_uses_the_platform_defaults_and_the_rows_changes(
     }
     plain = next(r for r in runs if r.method == "hetlora" and r.dp == "none")
     assert quality.federation_body(plain, mode, {})["dp"] == {"mode": "none"}
+
+
+def test_dp_rows_say_what_each_organization_ran(quality: ModuleType) -> None:
+    clients = ["a", "b"]
+
+    def upload(cid: str, n: int, sigma: float, seen: float, clipped: float) -> dict[str, Any]:
+        metrics = {"noise_multiplier": sigma, "examples_seen": seen, "steps": 2.0,
+                   "dp_clipped_fraction": clipped, "dp_clipped_fraction_head": 0.0}  # fmt: skip
+        return {"client_id": cid, "num_examples": n, "lora": {"rank": 4}, "metrics": metrics}
+
+    # listed in the clients' order whatever the order of the uploads
+    ups = [upload("b", 16000, 0.8, 4000.0, 0.5), upload("a", 300, 2.0, 600.0, 0.1)]
+    rows = quality.dp_used(ups, clients)
+    assert [(r["num_examples"], r["logical_batch"], r["steps"]) for r in rows] == [
+        (300, 300.0, 2),
+        (16000, 2000.0, 2),
+    ]
+    # no DP: no rows (sigma 0, or no clipping metrics)
+    assert quality.dp_used([upload("a", 300, 0.0, 600.0, 0.0)], clients) == []
+    spec = next(r for r in quality.plan_runs(quality.MODES["full"], ["fedavg"], "fedavg", {})
+                if r.dp == "sample")  # fmt: skip
+    rec = _record(quality, spec, [0.6, 0.7])
+    rec["rounds"][0]["dp"] = rows
+    rec["rounds"][1]["dp"] = quality.dp_used(
+        [upload("a", 300, 2.0, 600.0, 0.3), upload("b", 16000, 0.8, 4000.0, 0.7)], clients
+    )
+    table = quality.build_table([rec], 0.5)
+    assert "| 16000 | 4 | 0.800 | 2000 | 2 | 0.60 | 0.00 |" in table  # clipped: mean of 0.5, 0.7
+    assert "| 300 | 4 | 2.000 | 300 | 2 | 0.20 | 0.00 |" in table
