@@ -339,20 +339,20 @@ DP_LOGICAL_BATCH = 512
 """The DP recipe's smallest logical batch (Poisson-sampled; all of a smaller dataset)."""
 DP_MAX_LOGICAL_BATCH = 2048
 """The DP recipe's largest logical batch (bounds a large organization's compute per step)."""
-DP_SAMPLING_RATE = 0.125
-"""The DP recipe's sampling rate between those bounds: the logical batch is N / 8."""
+DP_SAMPLING_RATE = 0.5
+"""The DP recipe's sampling rate between those bounds: the logical batch is N / 2."""
 
 
 def dp_recipe_batch(n: int) -> int:
-    """The DP recipe's logical batch for an organization of ``n`` examples: ``n / 8``, at least
+    """The DP recipe's logical batch for an organization of ``n`` examples: ``n / 2``, at least
     ``DP_LOGICAL_BATCH`` (all of a smaller dataset) and at most ``DP_MAX_LOGICAL_BATCH``.
 
-    Noise per step falls as 1 / batch, while the accountant's sigma grows much more slowly with
-    the sampling rate q while q is small (subsampling amplifies privacy): at epsilon 8 over 20
-    steps, a batch 4x larger (q 0.03 -> 0.12) raises sigma by about half, so the signal-to-noise
-    of a step grows 2.7x; past q of about 1/8, doubling the batch buys a third or less. So large
-    organizations take large batches, and a small one is not made to compute for nothing
-    (measured: docs/benchmarks.md)."""
+    Noise per step falls as 1 / batch, while the accountant's sigma grows more slowly than the
+    batch as long as the sampling rate q is below about 1/2 (subsampling amplifies privacy): at
+    epsilon 8 over 20 steps, an organization of 16,742 examples gets sigma 0.54 at a batch of
+    512 and 0.79 at 2048, so a step's signal-to-noise grows 2.7x. Past q = 1/2, doubling the
+    batch buys a fifth to a quarter more for twice the compute, so a small organization is not made
+    to compute for little (measured: docs/benchmarks.md)."""
     if n <= DP_LOGICAL_BATCH:
         return max(1, n)
     return min(DP_MAX_LOGICAL_BATCH, max(DP_LOGICAL_BATCH, round(n * DP_SAMPLING_RATE)))
@@ -367,7 +367,7 @@ class DPSettings(BaseModel):
 
     With ``recipe='auto'`` (the default) sample-level DP-SGD does not use the local training's
     batch and steps: each organization takes ``DP_STEPS_PER_ROUND`` steps per round of a
-    Poisson-sampled logical batch of ``dp_recipe_batch(N)`` of its ``N`` examples (N / 8
+    Poisson-sampled logical batch of ``dp_recipe_batch(N)`` of its ``N`` examples (N / 2
     within [512, 2048]; ``logical_batch`` and ``steps_per_round`` override them), split into
     micro-batches of ``training.physical_batch_size`` (32 when unset), with LoRA's
     A factors frozen (FFA-LoRA: half the noised dimensions, exact averaging of B). Noise per
@@ -420,7 +420,7 @@ class DPSettings(BaseModel):
         ge=1,
         le=1_000_000,
         description="The 'auto' recipe's expected logical batch (Poisson-sampled; all of a "
-        "smaller dataset); empty: the recipe's rule, N / 8 of an organization's N examples "
+        "smaller dataset); empty: the recipe's rule, N / 2 of an organization's N examples "
         "within [512, 2048] (all of a smaller dataset).",
     )
     steps_per_round: int | None = Field(

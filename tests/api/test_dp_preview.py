@@ -73,8 +73,8 @@ def test_a_drafts_preview_is_the_sdks_schedule_and_accounting(
         assert row["noise_to_signal"] == pytest.approx(
             row["noise_multiplier"] * math.sqrt(D_FROZEN_A) / row["logical_batch"]
         )
-    assert got["rows"][1]["logical_batch"] == p.dp_recipe_batch(5120) == 640
-    # a tiny model at batch 300-640: the noise is well below the signal, and epsilon 8 is
+    assert got["rows"][1]["logical_batch"] == p.dp_recipe_batch(5120) == 2048
+    # a tiny model at batch 300-2048: the noise is well below the signal, and epsilon 8 is
     # within the default budget of 10
     assert got["warnings"] == []
     ops = app.openapi()["paths"]

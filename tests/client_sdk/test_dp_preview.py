@@ -69,10 +69,10 @@ def test_sample_level_recipe_rows_reach_the_target_in_dp_accounting() -> None:
     # the recipe freezes A: B and the head only
     assert d == 2 * 3072 + 770
     small, large = rows
-    # a dataset under the recipe's smallest batch is taken whole; a larger one at N / 8
+    # a dataset under the recipe's smallest batch is taken whole; a larger one at N / 2
     assert (small.logical_batch, small.sampling_rate) == (300, 1.0)
-    assert large.logical_batch == 640
-    assert large.sampling_rate == pytest.approx(0.125)
+    assert large.logical_batch == 2048
+    assert large.sampling_rate == pytest.approx(0.4)
     assert small.steps_per_round == large.steps_per_round == p.DP_STEPS_PER_ROUND
     assert large.total_steps == p.DP_STEPS_PER_ROUND * 3
     for row in rows:
@@ -199,9 +199,9 @@ def test_the_preview_imports_no_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
-def test_recipe_batch_is_an_eighth_of_the_data_within_its_bounds() -> None:
+def test_recipe_batch_is_half_the_data_within_its_bounds() -> None:
     training, dp = p.LocalTraining(), p.DPSettings(mode=p.DPMode.SAMPLE, target_epsilon=8.0)
-    cases = {54: 54, 512: 512, 1000: 512, 4096: 512, 7076: 884, 16384: 2048, 60614: 2048}
+    cases = {54: 54, 512: 512, 1000: 512, 2544: 1272, 7076: 2048, 16384: 2048, 60614: 2048}
     for n, batch in cases.items():
         assert p.local_schedule(training, dp, n) == (batch, p.DP_STEPS_PER_ROUND), n
 
