@@ -164,7 +164,7 @@ def test_a_poisoning_overweighted_client_cannot_steer_the_published_adapters(
         stack.wait(
             lambda: all(stack.admin.federation(f)["status"] == "completed" for f in ids.values()),
             900,
-            "the three federations to complete",
+            "the five federations to complete",
         )
     finally:
         stop.set()
