@@ -599,12 +599,18 @@ def centralized_dp(
 ) -> dict[str, Any]:
     """The DP ceiling: one organization holding the union, through the same code as every
     federation (``bench/fedsim.py``: the SDK's DP-SGD recipe and the platform's defaults for
-    the recommended strategy, rank 16), at the same epsilon and delta and the same rounds."""
-    from fedsim import Simulation
+    the recommended strategy, rank 16, the threshold calibration on the organization's
+    held-out rows as its SDK would hold them out), at the same epsilon and delta and the same
+    rounds."""
+    from fedsim import Simulation, holdout
+
+    from fedlora.demo_eval import Evaluator
 
     started = time.monotonic()
     sim = Simulation(model_path, [], mode.max_seq_len, evaluator)
-    union = sim.encode(train, mode.max_seq_len)
+    (kept,), held = holdout([train])
+    union = sim.encode(kept, mode.max_seq_len)
+    calibration = Evaluator(model_path, held, mode.max_seq_len)
     out = sim.run(
         strategy="fedavg",
         params={},
@@ -616,6 +622,7 @@ def centralized_dp(
         dp={"mode": "sample", "target_epsilon": spec.epsilon, "delta": DELTA},
         rounds=mode.rounds,
         seed=spec.seed,
+        calibration=calibration,
         log=lambda line: print(f"  {spec.key}:{line}", flush=True),
     )  # fmt: skip
     rounds = [{**r, "upload_bytes": [], "upload_bytes_mean": 0, "ranks": [16]}
