@@ -452,14 +452,21 @@ def federation_add_member(
     federation: str = typer.Argument(..., help="Federation id or name."),
     client: str = typer.Argument(..., help="Client id or name (`fedlora client list`)."),
     rank_budget: int = typer.Option(..., min=1, help="Highest LoRA rank this client trains."),
+    max_examples: int | None = typer.Option(
+        None,
+        min=1,
+        help="The most examples this client's updates count for as aggregation weight (its "
+        "claimed num_examples is capped at it). Default: no maximum.",
+    ),
     url: str | None = URL_OPTION,
 ) -> None:
     """Add an enrolled client to a federation with its rank budget."""
     with _client(url) as admin:
         fid = _federation_id(admin, federation)
         cid = _resolve(admin.clients(), client, "client", "fedlora client list")
-        admin.add_member(fid, cid, rank_budget)
-    err.print(f"[green]added[/] client {client} (rank budget {rank_budget})")
+        admin.add_member(fid, cid, rank_budget, max_examples=max_examples)
+    cap = "" if max_examples is None else f", at most {max_examples} examples"
+    err.print(f"[green]added[/] client {client} (rank budget {rank_budget}{cap})")
 
 
 def _lifecycle(verb: str, done: str) -> Callable[..., None]:

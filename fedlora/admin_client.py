@@ -140,8 +140,17 @@ class AdminClient:
         )
         return result
 
-    def add_member(self, federation_id: str, client_id: str, rank_budget: int) -> None:
-        body = {"client_id": client_id, "rank_budget": rank_budget}
+    def add_member(
+        self,
+        federation_id: str,
+        client_id: str,
+        rank_budget: int,
+        *,
+        max_examples: int | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"client_id": client_id, "rank_budget": rank_budget}
+        if max_examples is not None:
+            body["max_examples"] = max_examples
         self._call("POST", f"/federations/{federation_id}/memberships", json=body)
 
     def members(self, federation_id: str) -> list[dict[str, Any]]:

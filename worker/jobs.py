@@ -47,8 +47,14 @@ from worker.planning import (
     store_result,
 )
 from worker.strategies import get_strategy
-from worker.strategies.base import ClientUpdate
-from worker.strategies.errors import StrategyError
+from worker.strategies.base import (
+    AggregationResult,
+    ClientUpdate,
+    PlanContext,
+    ServerState,
+    Strategy,
+)
+from worker.strategies.errors import StrategyError, UpdateValidationError
 
 log = logging.getLogger(__name__)
 
@@ -136,21 +142,81 @@ class _ClaimKeeper:
         self._thread.join(timeout=5)
 
 
-def _load_updates(store: ArtifactStore, inputs: AggregationInputs) -> list[ClientUpdate]:
-    updates = []
+def _load_updates(
+    store: ArtifactStore, inputs: AggregationInputs
+) -> tuple[list[ClientUpdate], dict[str, str]]:
+    """The round's updates with their start tensors, and ``{client id: why}`` for those whose
+    files could not be read (that update is dropped, not the round)."""
+    updates, unreadable = [], {}
     for u in inputs.updates:
-        with store.open(u.sha256) as f:
-            # safetensors only: parsing never runs code (uploads were validated on arrival).
-            tensors = {k: v.to(torch.float32) for k, v in load_safetensors(f.read()).items()}
+        try:
+            with store.open(u.sha256) as f:
+                # safetensors only: parsing never runs code (uploads were validated on arrival)
+                tensors = {k: v.to(torch.float32) for k, v in load_safetensors(f.read()).items()}
+            with store.open(u.plan.start.sha256) as f:
+                start = {k: v.to(torch.float32) for k, v in load_safetensors(f.read()).items()}
+        except Exception as exc:
+            unreadable[str(u.client_id)] = f"its stored update could not be read ({exc})"
+            continue
         updates.append(
             ClientUpdate(
                 client_id=str(u.client_id),
                 lora=u.plan.lora,
                 tensors=tensors,
                 num_examples=u.num_examples,
+                max_examples=u.max_examples,
+                start=start,
             )
         )
-    return updates
+    return updates, unreadable
+
+
+def _screen(
+    strategy: Strategy, state: ServerState, ctx: PlanContext, updates: list[ClientUpdate]
+) -> tuple[list[ClientUpdate], dict[str, str]]:
+    """Validate each update on its own: ``(the valid ones, {client id: why for the others})``.
+
+    An invalid update is dropped, not the round (issue #14). Errors that are not about one
+    update (a server state that does not fit) propagate and fail the round."""
+    kept, dropped = [], {}
+    for u in updates:
+        try:
+            strategy.validate_updates(state, ctx, [u])
+        except UpdateValidationError as exc:
+            dropped[u.client_id] = str(exc)
+            continue
+        kept.append(u)
+    return kept, dropped
+
+
+def _aggregate_usable(
+    strategy: Strategy,
+    state: ServerState,
+    ctx: PlanContext,
+    updates: list[ClientUpdate],
+    dropped: dict[str, str],
+    min_updates: int,
+) -> AggregationResult:
+    """Aggregate ``updates``; an update the strategy refuses mid-way (a named
+    :class:`UpdateValidationError`) is dropped too and the rest aggregated again. Raises
+    :class:`TooFewUpdatesError` once fewer than ``min_updates`` remain."""
+    while True:
+        if len(updates) < max(1, min_updates):
+            raise TooFewUpdatesError(
+                f"{len(updates)} usable update(s), the round needs {min_updates}; dropped: "
+                + "; ".join(f"{cid}: {why}" for cid, why in sorted(dropped.items()))
+            )
+        try:
+            return strategy.aggregate(state, ctx, updates)
+        except UpdateValidationError as exc:
+            if exc.client_id is None or exc.client_id not in {u.client_id for u in updates}:
+                raise
+            dropped[exc.client_id] = str(exc)
+            updates = [u for u in updates if u.client_id != exc.client_id]
+
+
+class TooFewUpdatesError(StrategyError):
+    """Fewer usable updates than the round's minimum remain after dropping the bad ones."""
 
 
 def _peak_memory(device: str) -> int:
@@ -187,6 +253,7 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
         fed.strategy_params,
         device=rt.settings.device,
         server_optimizer=fed.server_optimizer,
+        robust=fed.robust_aggregation,
     )
     device = str(strategy.device)
     if device.startswith("cuda"):
@@ -195,15 +262,27 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
     with _ClaimKeeper(rt, rid, worker_id, claim_seconds):
         ctx = federation_context(fed, inputs.round_number, planned.seed, planned.participants)
         state = load_state(rt.store, inputs.previous) or strategy.init_state(ctx)
+        by_client = {str(u.client_id): u.update_id for u in inputs.updates}
+        dropped: dict[str, str] = {}
         try:
-            result = strategy.aggregate(state, ctx, _load_updates(rt.store, inputs))
+            loaded, dropped = _load_updates(rt.store, inputs)
+            usable, invalid = _screen(strategy, state, ctx, loaded)
+            dropped |= invalid
+            result = _aggregate_usable(strategy, state, ctx, usable, dropped, inputs.min_updates)
             result = calibrate_threshold(result, state, ctx, fed.training, inputs.margin_histograms)
         except StrategyError as exc:  # deterministic: retrying cannot help
             with rt.session() as session:
                 rounds.fail_round(
-                    session=session, round_id=rid, reason=str(exc), enqueue=rt.enqueue
+                    session=session,
+                    round_id=rid,
+                    reason=str(exc),
+                    enqueue=rt.enqueue,
+                    dropped={by_client[c]: why for c, why in dropped.items()},
                 )
             return False
+        if dropped:
+            log.warning("round %s: dropped %d update(s): %s", rid, len(dropped), dropped)
+        result.metrics = dict(result.metrics) | {"dropped_updates": float(len(dropped))}
         stored = store_result(rt.store, result, ctx, fed)
         global_ref = adapter_ref(rt.store, stored.adapter_sha256, result.lora)
         with rt.session() as session:
@@ -233,7 +312,8 @@ def aggregate_round(rt: Runtime, round_id: str, worker_id: str | None = None) ->
             round_id=rid,
             adapter_sha256=stored.adapter_sha256,
             adapter_config_sha256=stored.config_sha256,
-            update_ids=[u.update_id for u in inputs.updates],
+            update_ids=[u.update_id for u in inputs.updates if str(u.client_id) not in dropped],
+            dropped={by_client[c]: why for c, why in dropped.items()},
             state_sha256=stored.state_sha256,
             state_meta=stored.state_meta,
             metrics=result.metrics,

@@ -35,6 +35,7 @@ class Federation(IdMixin, CreatedMixin, Base):
     strategy: Mapped[str] = mapped_column(sa.String(32))
     strategy_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     server_optimizer: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    robust_aggregation: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     global_rank: Mapped[int]
     num_rounds: Mapped[int]
     clients_per_round: Mapped[int]
@@ -66,3 +67,5 @@ class Membership(IdMixin, CreatedMixin, Base):
     fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
     fingerprint_reported_at: Mapped[datetime | None]
     num_examples: Mapped[int | None]
+    max_examples: Mapped[int | None]
+    """The admin's cap on this member's aggregation weight (its claimed num_examples)."""

@@ -146,6 +146,8 @@ class Update(IdMixin, Base):
     num_examples: Mapped[int]
     epsilon: Mapped[float] = mapped_column(default=0.0)
     accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dropped_reason: Mapped[str | None] = mapped_column(sa.String(2048))
+    """Set when the worker left this update out of its round's aggregate, and why."""
 
 
 class GlobalAdapter(IdMixin, CreatedMixin, Base):

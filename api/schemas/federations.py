@@ -26,7 +26,9 @@ from fedlora_client.protocol import (
     is_safe_tensor_name,
 )
 from worker.strategies.params import (
+    RobustAggregationParams,
     ServerOptimizerParams,
+    resolve_robust,
     resolve_server_optimizer,
     resolve_training,
 )
@@ -65,6 +67,12 @@ class FederationCreate(BaseModel):
         default=None,
         description="Server optimizer around the strategy (FedAvgM, FedAdam, FedYogi); empty "
         "takes the platform's default for the strategy.",
+    )
+    robust_aggregation: RobustAggregationParams = Field(
+        default_factory=RobustAggregationParams,
+        description="Defences against a hostile member: a cap on one client's share of a "
+        "round's weight, a bound on each update's norm, FedAvg's robust rule "
+        "(docs/security.md#robust-aggregation). Fields left out take the defaults.",
     )
     # strict: JSON true is not 1, "4" is not 4 (see MembershipCreate)
     global_rank: int = Field(ge=1, le=4096, strict=True, description="Rank of the global adapter.")
@@ -118,16 +126,22 @@ class FederationCreate(BaseModel):
         self.strategy_params = check_strategy(self.strategy, self.strategy_params)
         self.server_optimizer = resolve_server_optimizer(self.strategy, self.server_optimizer)
         self.training = resolve_training(self.strategy, self.training)
+        self.robust_aggregation = resolve_robust(self.strategy, self.robust_aggregation)
         return self
 
 
 class FederationUpdate(BaseModel):
-    """Name and description change any time; the rest only while the federation is a draft."""
+    """Name, description and the robust-aggregation settings change any time (an admin can
+    tighten a defence while a federation runs: the next aggregation uses it); the rest only
+    while the federation is a draft."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: NameStr | None = None
     description: str | None = Field(default=None, max_length=2048)
+    robust_aggregation: RobustAggregationParams | None = Field(
+        default=None, description="Replaces the settings whole (fields left out: defaults)."
+    )
     strategy_params: dict[str, Any] | None = None
     server_optimizer: ServerOptimizerParams | None = None
     global_rank: int | None = Field(default=None, ge=1, le=4096, strict=True)
@@ -150,6 +164,7 @@ class FederationPublic(PublicModel):
     strategy: str
     strategy_params: dict[str, Any]
     server_optimizer: ServerOptimizerParams
+    robust_aggregation: RobustAggregationParams = Field(default_factory=RobustAggregationParams)
     global_rank: int
     num_rounds: int
     clients_per_round: int
@@ -172,6 +187,13 @@ class FederationPublic(PublicModel):
     )
 
 
+_MAX_EXAMPLES = (
+    "The most examples this member's updates count for as aggregation weight: a claimed "
+    "num_examples above it is taken as this (the claim is the client's own word; the admin "
+    "knows the organization). Null: no maximum (1e9, the upload limit)."
+)
+
+
 class MembershipCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -180,6 +202,13 @@ class MembershipCreate(BaseModel):
     rank_budget: int = Field(
         ge=1, le=4096, strict=True, description="Highest LoRA rank this client trains."
     )
+    max_examples: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        strict=True,
+        description=_MAX_EXAMPLES,
+    )
 
 
 class MembershipUpdate(BaseModel):
@@ -187,6 +216,9 @@ class MembershipUpdate(BaseModel):
 
     rank_budget: int | None = Field(default=None, ge=1, le=4096, strict=True)
     active: bool | None = None
+    max_examples: int | None = Field(
+        default=None, ge=1, le=1_000_000_000, strict=True, description=_MAX_EXAMPLES
+    )
 
 
 class MembershipPublic(PublicModel):
@@ -198,6 +230,7 @@ class MembershipPublic(PublicModel):
     fingerprint: str | None
     fingerprint_reported_at: datetime | None
     num_examples: int | None
+    max_examples: int | None = None
     epsilon_spent: float = 0.0
     trained_rank: int = Field(
         default=0,

@@ -109,6 +109,11 @@ class UpdatePublic(PublicModel):
     num_examples: int
     epsilon: float
     accepted_at: datetime
+    dropped_reason: str | None = Field(
+        default=None,
+        description="Set when the worker left this update out of its round's aggregate "
+        "(it failed a check the upload could not show); the client's epsilon stays charged.",
+    )
 
 
 class GlobalAdapterPublic(PublicModel):

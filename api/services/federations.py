@@ -35,10 +35,14 @@ from api.schemas.federations import (
 from api.services.common import audit, get_or_404
 from fedlora_client.protocol import DPSettings, LocalTraining
 from worker.celery_app import OPEN_ROUND
-from worker.strategies.params import resolve_server_optimizer, resolve_training
+from worker.strategies.params import resolve_robust, resolve_server_optimizer, resolve_training
 
 S = FederationStatus
-DRAFT_ONLY = frozenset(FederationUpdate.model_fields) - {"name", "description"}
+DRAFT_ONLY = frozenset(FederationUpdate.model_fields) - {
+    "name",
+    "description",
+    "robust_aggregation",
+}
 
 
 def get_federation(*, session: Session, federation_id: uuid.UUID) -> Federation:
@@ -58,6 +62,7 @@ def create_federation(*, session: Session, admin: Admin, body: FederationCreate)
         server_optimizer=resolve_server_optimizer(body.strategy, body.server_optimizer).model_dump(
             mode="json"
         ),
+        robust_aggregation=body.robust_aggregation.model_dump(mode="json"),
         global_rank=body.global_rank,
         num_rounds=body.num_rounds,
         clients_per_round=body.clients_per_round,
@@ -104,6 +109,13 @@ def update_federation(
         try:
             changes["server_optimizer"] = resolve_server_optimizer(
                 fed.strategy, changes["server_optimizer"]
+            ).model_dump(mode="json")
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+    if "robust_aggregation" in changes:
+        try:
+            changes["robust_aggregation"] = resolve_robust(
+                fed.strategy, changes["robust_aggregation"]
             ).model_dump(mode="json")
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
@@ -322,7 +334,12 @@ def add_membership(
     client = get_or_404(session=session, model=Client, object_id=body.client_id, kind="client")
     if client.revoked_at is not None:
         raise ConflictError("client is revoked: rotate its key before adding it to a federation")
-    row = Membership(federation_id=fed.id, client_id=client.id, rank_budget=body.rank_budget)
+    row = Membership(
+        federation_id=fed.id,
+        client_id=client.id,
+        rank_budget=body.rank_budget,
+        max_examples=body.max_examples,
+    )
     session.add(row)
     audit(
         session=session,

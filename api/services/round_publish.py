@@ -28,6 +28,7 @@ from api.services.round_steps import (
     drop_outstanding,
     insert_round,
     job_values,
+    mark_dropped,
     request_open,
     rowcount,
 )
@@ -52,6 +53,7 @@ def publish_round(
     next_plans: Mapping[uuid.UUID, TrainingPlan] | None = None,
     next_kind: RoundKind = RoundKind.TRAINING,
     enqueue: queue.Enqueuer | None = None,
+    dropped: Mapping[uuid.UUID, str] | None = None,
 ) -> bool:
     """Complete an aggregating round and record its global adapter; commits once.
 
@@ -63,7 +65,10 @@ def publish_round(
     ``open_round`` job is requested after the commit. When this was the last training round,
     ``next_plans`` of ``next_kind=EVALUATION`` (from ``evaluation_to_open``) open the
     evaluation pass that scores the final adapter. Returns ``False`` (nothing changed) if
-    the round was not aggregating: a duplicate job stops there.
+    the round was not aggregating: a duplicate job stops there. ``dropped`` (update id ->
+    reason) are the round's updates the worker left out; each gets its reason. The adapter's
+    epsilon is the most any client whose update was *used* has spent; a dropped client's
+    ledger entry stays (it spent that epsilon on its own machine).
     Raises ``ValueError`` if ``update_ids`` are not accepted updates of this round.
     """
     now = utcnow()
@@ -116,6 +121,7 @@ def publish_round(
                 metrics=dict(metrics or {}),
             )
         )
+        mark_dropped(session, round_id, dropped or {})
         drop_outstanding(session, round_id)
         _what_next(session, fed, next_number, next_plans, now, next_kind)
         queue.commit_and_flush(session, enqueue)

@@ -20,6 +20,7 @@ from api.db import (
     RoundState,
     Task,
     TaskStatus,
+    Update,
 )
 from api.services.round_types import JobMetrics
 from fedlora_client.protocol import TrainingPlan
@@ -160,3 +161,14 @@ def fail_in_tx(
     if fed_id is not None:
         request_open(session, fed_id, now)
     return True
+
+
+def mark_dropped(session: Session, round_id: uuid.UUID, dropped: Mapping[uuid.UUID, str]) -> None:
+    """Record on each update of ``dropped`` (update id -> reason) why the worker left it out."""
+    for update_id, reason in dropped.items():
+        session.execute(
+            sa.update(Update)
+            .where(Update.id == update_id, Update.round_id == round_id)
+            .values(dropped_reason=reason[:2048])
+            .execution_options(synchronize_session=False)
+        )

@@ -51,6 +51,8 @@ class FederationConfig:
     round_deadline_seconds: int
     training: LocalTraining
     dp: DPSettings
+    robust_aggregation: dict[str, Any] = field(default_factory=dict)
+    """The stored robust-aggregation settings (``{}``: the defaults)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class UpdateInput:
     epsilon: float
     metrics: dict[str, float]
     plan: TrainingPlan
+    max_examples: int | None = None
+    """The membership's cap on ``num_examples`` as an aggregation weight (None: none)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class AggregationInputs:
     previous: PreviousAdapter | None
     margin_histograms: list[list[list[int]]] = field(default_factory=list)
     """The clients' held-out margin counts of ``previous`` (threshold calibration)."""
+    min_updates: int = 1
+    """The fewest usable updates the round needs to publish (the round's ``min_updates``)."""
 
 
 @dataclass(frozen=True)

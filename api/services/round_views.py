@@ -46,6 +46,7 @@ def federation_config(fed: Federation) -> FederationConfig:
         round_deadline_seconds=fed.round_deadline_seconds,
         training=LocalTraining.model_validate(fed.local_training),
         dp=DPSettings.model_validate(fed.dp),
+        robust_aggregation=dict(fed.robust_aggregation or {}),
     )
 
 
@@ -108,8 +109,13 @@ def eligible_members(
 def build_aggregation_inputs(*, session: Session, rnd: Round) -> AggregationInputs:
     fed = session.get_one(Federation, rnd.federation_id)
     rows = session.execute(
-        sa.select(Update, Task)
+        sa.select(Update, Task, Membership.max_examples)
         .join(Task, Task.id == Update.task_id)
+        .outerjoin(
+            Membership,
+            (Membership.federation_id == Update.federation_id)
+            & (Membership.client_id == Update.client_id),
+        )
         .where(Update.round_id == rnd.id)
         .order_by(Update.client_id)
     )
@@ -125,8 +131,9 @@ def build_aggregation_inputs(*, session: Session, rnd: Round) -> AggregationInpu
             epsilon=u.epsilon,
             metrics={k: float(v) for k, v in u.metrics.items()},
             plan=TrainingPlan.model_validate(t.plan),
+            max_examples=max_examples,
         )
-        for u, t in rows
+        for u, t, max_examples in rows
     ]
     previous = previous_adapter(session=session, federation_id=fed.id)
     return AggregationInputs(
@@ -136,6 +143,7 @@ def build_aggregation_inputs(*, session: Session, rnd: Round) -> AggregationInpu
         updates=updates,
         previous=previous,
         margin_histograms=[] if previous is None else margin_histograms(session, previous),
+        min_updates=rnd.min_updates,
     )
 
 

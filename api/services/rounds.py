@@ -57,6 +57,7 @@ from api.services.round_steps import (
     drop_outstanding,
     fail_in_tx,
     insert_round,
+    mark_dropped,
     next_number,
     rowcount,
 )
@@ -350,11 +351,15 @@ def fail_round(
     reason: str,
     job: JobMetrics | None = None,
     enqueue: queue.Enqueuer | None = None,
+    dropped: Mapping[uuid.UUID, str] | None = None,
 ) -> bool:
-    """Fail an open or aggregating round and request a new one; ``False`` if already ended."""
+    """Fail an open or aggregating round and request a new one; ``False`` if already ended.
+
+    ``dropped`` (update id -> reason): updates the worker refused, recorded on each."""
     if not fail_in_tx(session, round_id, reason, utcnow(), job):
         session.rollback()
         return False
+    mark_dropped(session, round_id, dropped or {})
     queue.commit_and_flush(session, enqueue)
     log.warning("round %s failed: %s", round_id, reason)
     return True

@@ -144,7 +144,9 @@ def test_an_admin_runs_a_federation_from_the_terminal(
     ).stdout.strip()  # fmt: skip
     fed = _client_call(cli.url, party["api_key"], "GET", "/client/memberships").json()
     assert fed == []  # not a member yet
-    cli("federation", "add-member", "sst2", "acme-gpu-1", "--rank-budget", "4")
+    added = cli("federation", "add-member", "sst2", "acme-gpu-1", "--rank-budget", "4",
+                "--max-examples", "100")  # fmt: skip
+    assert "at most 100 examples" in added.stderr
     members = cli("federation", "members", fid).stdout
     assert "acme-gpu-1" in members
     assert " 4 " in members

@@ -60,12 +60,16 @@ def get_strategy(
     *,
     device: str = "auto",
     server_optimizer: BaseModel | dict[str, object] | None = None,
+    robust: BaseModel | dict[str, object] | None = None,
 ) -> Strategy:
     """Instantiate strategy ``name`` with validated ``params`` on ``device`` (imports torch).
 
     ``device`` is the worker setting ``auto`` | ``cpu`` | ``cuda``; ``auto`` uses CUDA when present.
     ``server_optimizer`` (a federation's stored settings) wraps the strategy in
     :class:`worker.strategies.server_opt.ServerOptimized` unless it is absent or ``none``.
+    ``robust`` (a federation's stored robust-aggregation settings; ``{}`` takes the defaults)
+    wraps the result in :class:`worker.strategies.robust.RobustAggregation` (bounded weights
+    and update norms); ``None`` leaves the strategy bare (benchmarks, unit tests).
     Raises ``KeyError`` for an unknown name and ``pydantic.ValidationError`` for bad params.
     """
     if name not in _REGISTRY:
@@ -79,4 +83,8 @@ def get_strategy(
         from worker.strategies.server_opt import with_server_optimizer
 
         strategy = with_server_optimizer(strategy, server_optimizer)  # type: ignore[arg-type]
+    if robust is not None:
+        from worker.strategies.robust import with_robust_aggregation
+
+        strategy = with_robust_aggregation(strategy, robust)  # type: ignore[arg-type]
     return strategy

@@ -23,7 +23,8 @@ Contract:
   assignment's ``lora``; the server converts them to effective updates ``s_i B_i A_i``.
 * ``aggregate`` validates every update (client, LoraSpec, exact key set, shapes, finiteness)
   before any arithmetic and raises a named error from ``errors.py``. Aggregation weights ``p_i``
-  are data-size proportional (``num_examples``) unless the params say ``uniform``.
+  are data-size proportional (``num_examples``, or ``weight`` once the robust wrapper has
+  bounded it) unless the params say ``uniform``.
   ``extra_trainable`` tensors (a classifier head) are averaged with the data weights.
 * :class:`ServerState` is safetensors + JSON (never pickle). Returned tensors live on the CPU.
 """
@@ -167,6 +168,12 @@ class ClientUpdate:
     lora: LoraSpec
     tensors: dict[str, Tensor]
     num_examples: int
+    max_examples: int | None = None
+    """The membership's admin-set maximum of ``num_examples`` as a weight (None: no maximum)."""
+    weight: float | None = None
+    """The aggregation weight to use instead of ``num_examples`` (set by the robust wrapper)."""
+    start: dict[str, Tensor] | None = None
+    """The start tensors the plan gave this client (the robust wrapper's norm bound)."""
 
 
 @dataclass

@@ -24,11 +24,14 @@ __all__ = [
 
 
 def data_weights(updates: Sequence[ClientUpdate], weighting: str = "num_examples") -> list[float]:
-    """``p_i = N_i / sum_j N_j`` (or ``1/K`` for ``uniform``)."""
+    """``p_i = N_i / sum_j N_j`` (or ``1/K`` for ``uniform``). ``N_i`` is the update's bounded
+    ``weight`` when the robust wrapper set one (worker/strategies/robust.py), else its
+    ``num_examples``."""
     if weighting == "uniform":
         return [1.0 / len(updates)] * len(updates)
-    total = float(sum(u.num_examples for u in updates))
-    return [u.num_examples / total for u in updates]
+    raw = [float(u.num_examples) if u.weight is None else u.weight for u in updates]
+    total = float(sum(raw))
+    return [w / total for w in raw]
 
 
 def shape_groups(model: ModelSpec) -> dict[tuple[int, int], list[str]]:

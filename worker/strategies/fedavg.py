@@ -34,6 +34,7 @@ from worker.strategies.base import AggregationResult, ClientUpdate, PlanContext,
 from worker.strategies.common import average_heads, data_weights, refill_dead_components
 from worker.strategies.global_lora import GlobalLoRAStrategy
 from worker.strategies.params import FedAvgParams
+from worker.strategies.robust import robust_factors
 
 
 def zero_pad_aggregate(
@@ -78,13 +79,36 @@ class FedAvg(GlobalLoRAStrategy):
     name = "fedavg"
     params_model = FedAvgParams
     params: FedAvgParams
+    robust_rule: tuple[str, float] | None = None
+    """``(rule, trim_fraction)``: a coordinate-wise median or trimmed mean instead of the weighted
+    mean, set by :class:`worker.strategies.robust.RobustAggregation`."""
+
+    def _robust_factors(
+        self,
+        state: ServerState,
+        ctx: PlanContext,
+        updates: Sequence[ClientUpdate],
+        rule: str,
+        trim_fraction: float,
+    ) -> dict[str, Tensor]:
+        factors = robust_factors(
+            ctx, updates, state, self.state_rank(ctx), rule, trim_fraction, self.device
+        )
+        for module in sorted(ctx.model.modules):
+            ka, kb = lora_a_key(module), lora_b_key(module)
+            gen = generator(ctx.federation_id, ctx.seed, "refill", ctx.round_number, module)
+            factors[kb], factors[ka] = refill_dead_components(factors[kb], factors[ka], gen)
+        return factors
 
     def _aggregate(
         self, state: ServerState, ctx: PlanContext, updates: Sequence[ClientUpdate]
     ) -> AggregationResult:
         p = data_weights(updates, self.params.weighting)
-        previous = state if self.params.rank_normalization else None
-        weights = dict.fromkeys(ctx.model.modules, p)
-        factors = zero_pad_aggregate(self, ctx, updates, weights, previous)
+        if self.robust_rule is not None:
+            factors = self._robust_factors(state, ctx, updates, *self.robust_rule)
+        else:
+            previous = state if self.params.rank_normalization else None
+            weights = dict.fromkeys(ctx.model.modules, p)
+            factors = zero_pad_aggregate(self, ctx, updates, weights, previous)
         heads = average_heads(ctx.model, updates, data_weights(updates))
         return self.publish(ctx, factors | heads, metrics={"num_updates": float(len(updates))})

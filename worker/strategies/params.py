@@ -274,6 +274,99 @@ class ServerOptimizerParams(StrategyParams):
         )
 
 
+class RobustAggregationParams(StrategyParams):
+    """Server-side defences against a hostile participant, around any strategy
+    (docs/security.md#robust-aggregation; ``worker/strategies/robust.py``).
+
+    Each update's aggregation weight is its claimed ``num_examples``, capped at its
+    membership's ``max_examples`` (set by the admin), then no client's share of the round's
+    total weight exceeds ``max_client_weight_share`` (the excess is spread over the others in
+    proportion to their weights). Each update's change from the start it was given (the
+    Frobenius norm of all its uploaded tensors minus their start values) is scaled down to at
+    most the norm bound: ``norm_bound_multiple`` x the round's (lower) median change norm
+    (``adaptive``), or ``norm_bound_value`` (``fixed``). ``rule`` replaces FedAvg's weighted
+    mean of the factors by a coordinate-wise median or trimmed mean.
+    """
+
+    max_client_weight_share: float | None = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Largest share of a round's total aggregation weight one client may have "
+        "(0.5: no organization outweighs all the others together); null for no cap. With K "
+        "updates a cap below 1/K cannot be met: the weights are then uniform.",
+    )
+    norm_bound: Literal["adaptive", "fixed", "none"] = Field(
+        default="adaptive",
+        description="Bound each update's change from its start: 'adaptive' (norm_bound_multiple "
+        "x the round's median change norm), 'fixed' (norm_bound_value), or 'none'.",
+    )
+    norm_bound_multiple: float = Field(
+        default=5.0,
+        ge=1.0,
+        le=1000.0,
+        description="adaptive: the bound is this multiple of the round's lower median change "
+        "norm. Generous by default, so honest updates of different ranks and data sizes are "
+        "left as they are.",
+    )
+    norm_bound_value: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1e6,
+        description="fixed: the bound on the Frobenius norm of an update's change (all its "
+        "tensors together, in the client's own factors). Required when norm_bound is 'fixed'.",
+    )
+    rule: Literal["mean", "median", "trimmed_mean"] = Field(
+        default="mean",
+        description="How FedAvg combines the factors: the strategy's weighted 'mean', or a "
+        "coordinate-wise 'median' or 'trimmed_mean' (unweighted; robust to a minority of "
+        "hostile clients). Other strategies take 'mean' only.",
+    )
+    trim_fraction: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=0.5,
+        description="trimmed_mean: the fraction of the updates dropped at each end, per "
+        "coordinate (rounded down; at least one each side when there are 3 or more updates).",
+    )
+
+    @model_validator(mode="after")
+    def _fixed_needs_value(self) -> RobustAggregationParams:
+        if self.norm_bound == "fixed" and self.norm_bound_value is None:
+            raise ValueError(
+                "norm_bound 'fixed' needs norm_bound_value (the bound on an update's change "
+                "norm); or use 'adaptive'"
+            )
+        return self
+
+    def check_strategy(self, strategy: str) -> None:
+        """Raise ``ValueError`` if ``strategy`` cannot take this rule (names the fix)."""
+        if self.rule != "mean" and strategy not in ROBUST_RULE_STRATEGIES:
+            raise ValueError(
+                f"rule {self.rule!r} is defined for {', '.join(sorted(ROBUST_RULE_STRATEGIES))} "
+                f"only ({strategy} does not average one global model's factors): use 'mean'"
+            )
+
+
+ROBUST_RULE_STRATEGIES = frozenset({"fedavg"})
+"""Strategies whose global model is a (weighted) coordinate-wise mean of the clients' factors,
+so a coordinate-wise median or trimmed mean is defined."""
+
+
+def resolve_robust(
+    strategy: str, chosen: RobustAggregationParams | dict[str, object] | None
+) -> RobustAggregationParams:
+    """The federation's robust-aggregation settings (defaults for absent fields); raises
+    ``ValueError`` (or ``pydantic.ValidationError``) if they do not fit ``strategy``."""
+    params = (
+        chosen
+        if isinstance(chosen, RobustAggregationParams)
+        else RobustAggregationParams.model_validate(chosen or {})
+    )
+    params.check_strategy(strategy)
+    return params
+
+
 DEFAULT_SERVER_OPTIMIZER = ServerOptimizerParams(name="yogi", lr=0.01, lr_schedule="cosine")
 """The server step of FedAvg, HetLoRA and PreLort when a federation names none (measured in
 bench/fedsim.py: FedYogi kept the last rounds within the tightest band; FedAdam at 0.02

@@ -22,8 +22,9 @@ from safetensors.numpy import save as save_np
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
-from api.db import Federation, GlobalAdapter, Round, Task
+from api.db import Federation, GlobalAdapter, PrivacyLedgerEntry, Round, Task, Update
 from api.queue import RecordingEnqueuer
+from api.services import rounds
 from api.storage import ArtifactStore
 from fedlora_client.protocol import STRATEGY_NAMES, ModelSpec, TaskAssignment, UploadManifest
 from tests.api.factories import FINGERPRINT
@@ -198,3 +199,88 @@ def test_concurrent_duplicate_jobs_publish_once(
         assert s.scalar(
             sa.select(sa.func.count()).select_from(Task).where(Task.round_id == next_round.id)
         ) == len(parties)
+
+
+def _poison_stored_update(
+    sessions: sessionmaker[Session], store: ArtifactStore, task_id: str
+) -> str:
+    """Replace an accepted update's stored bytes by a file holding NaN: what the API's checks
+    can no longer see (a bad disk, a check one side lacks) and only the worker's catch."""
+    with sessions() as s:
+        update = s.scalars(sa.select(Update).where(Update.task_id == uuid.UUID(task_id))).one()
+        data = load_np(store.path(update.sha256).read_bytes())
+        key = sorted(data)[0]
+        data[key] = np.full_like(data[key], np.nan)
+        store.path(update.sha256).write_bytes(save_np(data))
+        return str(update.client_id)
+
+
+def test_a_poisoned_update_is_dropped_and_the_round_publishes_from_the_others(
+    api: TestClient,
+    admin_headers: dict[str, str],
+    runtime: jobs.Runtime,
+    app_sessions: sessionmaker[Session],
+    store: ArtifactStore,
+) -> None:
+    fid, parties = _setup(api, admin_headers, "fedavg")  # min_clients 2 of 3
+    jobs.open_round(runtime, fid)
+    tasks = [_train_and_upload(api, p, seed=i) for i, p in enumerate(parties)]
+    bad_client = _poison_stored_update(app_sessions, store, tasks[1].task_id)
+    rid = _aggregating_round(app_sessions, fid)
+    members = api.get(f"/api/v1/federations/{fid}/memberships", headers=admin_headers).json()
+    first = next(m for m in members["data"] if m["client_id"] == parties[0].client_id)
+    r = api.patch(
+        f"/api/v1/federations/{fid}/memberships/{first['id']}",
+        json={"max_examples": 5},
+        headers=admin_headers,
+    )
+    assert r.status_code == 200, r.text
+    with app_sessions() as s:  # the worker sees the admin's maximum next to the claim
+        inputs = rounds.aggregation_inputs(session=s, round_id=rid)
+        assert inputs is not None
+        assert inputs.min_updates == 2
+        capped = {str(u.client_id): u.max_examples for u in inputs.updates}
+        assert capped[parties[0].client_id] == 5
+        assert capped[parties[2].client_id] is None
+    assert jobs.aggregate_round(runtime, str(rid)) is True
+    with app_sessions() as s:
+        assert s.get_one(Round, rid).state == "completed"
+        adapter = s.scalars(sa.select(GlobalAdapter).where(GlobalAdapter.round_id == rid)).one()
+        assert len(adapter.update_ids) == 2
+        assert adapter.metrics["dropped_updates"] == 1.0
+        assert adapter.metrics["weights_capped_by_max_examples"] == 1.0  # claimed 10, max 5
+        assert adapter.metrics["norm_bounded_updates"] == 0.0
+        ledger = s.scalars(sa.select(PrivacyLedgerEntry).where(PrivacyLedgerEntry.round_id == rid))
+        assert len(ledger.all()) == 3  # the dropped client spent its epsilon on its machine
+    r = api.get(f"/api/v1/federations/{fid}/updates", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    dropped = {u["client_id"]: u["dropped_reason"] for u in r.json()["data"]}
+    assert "NaN" in (dropped.pop(bad_client) or "")
+    assert set(dropped.values()) == {None}
+
+
+def test_too_few_usable_updates_fail_the_round_naming_each_drop(
+    api: TestClient,
+    admin_headers: dict[str, str],
+    runtime: jobs.Runtime,
+    app_sessions: sessionmaker[Session],
+    store: ArtifactStore,
+) -> None:
+    fid, parties = _setup(api, admin_headers, "fedavg")
+    jobs.open_round(runtime, fid)
+    tasks = [_train_and_upload(api, p, seed=i) for i, p in enumerate(parties)]
+    bad = {_poison_stored_update(app_sessions, store, t.task_id) for t in tasks[:2]}
+    rid = _aggregating_round(app_sessions, fid)
+    assert jobs.aggregate_round(runtime, str(rid)) is False
+    with app_sessions() as s:
+        rnd = s.get_one(Round, rid)
+        assert rnd.state == "failed"
+        assert "1 usable update(s), the round needs 2" in (rnd.failure_reason or "")
+        for client_id in bad:
+            assert client_id in (rnd.failure_reason or "")
+        marked = s.scalars(
+            sa.select(Update.client_id).where(
+                Update.round_id == rid, Update.dropped_reason.is_not(None)
+            )
+        ).all()
+        assert {str(c) for c in marked} == bad
