@@ -443,7 +443,10 @@ export default function FederationPage({ id }: { id: string }) {
   const updatesState = {
     data: rounds.data ? allUpdates : undefined,
     error: rounds.error ?? updateQueries.find((q) => q.error)?.error ?? null,
-    isPending: rounds.isPending || updateQueries.some((q) => q.isPending),
+    // Pending only until something is loaded: a round that ends gets a new query key (one
+    // last fetch of its final list), and treating that fetch as pending swapped the charts
+    // for a loading state every time a round completed.
+    isPending: rounds.isPending || (allUpdates.length === 0 && updateQueries.some((q) => q.isPending)),
     refetch: () => Promise.all([rounds.refetch(), ...updateQueries.map((q) => q.refetch())]),
   };
   const adapters = useQuery({
